@@ -1,0 +1,61 @@
+"""Per-epoch checkpoints, so a killed or preempted run resumes where it stopped and ends with the same numbers.
+
+A checkpoint holds the model, the optimizer (momentum buffers), the metrics so far and every RNG state.
+The learning rates and the methods' schedules are functions of the epoch, and the data order of an epoch
+depends only on (seed, epoch), so nothing else is needed to continue the exact trajectory.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rifle_bench.results import CHECKPOINT_FILE, write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, rows: list[dict], eval_s: float, fingerprint: dict) -> None:
+    state = {
+        "fingerprint": fingerprint, "rows": rows, "eval_s": eval_s,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(Path(run_dir) / CHECKPOINT_FILE, buffer.getvalue())
+
+
+def load_checkpoint(run_dir: Path, model, optimizer, fingerprint: dict) -> dict | None:
+    """Restore the last checkpoint of `run_dir` into model and optimizer; None when there is nothing to resume.
+
+    A checkpoint that cannot be read, or that was written for another configuration, is reported and
+    ignored: the run starts over rather than crash or continue someone else's trajectory.
+    """
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        rng, matches = state["rng"], state["fingerprint"] == fingerprint
+    except Exception as error:  # a truncated or corrupt file fails in many ways (zip, pickle, key errors)
+        log.warning("checkpoint %s is unreadable (%s): starting over from scratch", path, error)
+        return None
+    if not matches:
+        log.warning("checkpoint %s was written for another configuration: starting over", path)
+        return None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    log.info("resuming %s after epoch %d", run_dir, len(state["rows"]))
+    return state

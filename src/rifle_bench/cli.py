@@ -1,0 +1,72 @@
+"""`rifle-bench`: one fine-tuning run per Hydra job (`-m` sweeps a grid)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import hydra
+import psutil
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from rifle_bench import methods
+from rifle_bench.data.sources import DatasetError
+from rifle_bench.models import WeightsNotFound
+from rifle_bench.results import is_complete, versions, write_atomic, write_result
+from rifle_bench.train import TrainingDiverged, finish, run
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# Errors whose message says everything the user needs: shown without a traceback.
+USER_ERRORS = (DatasetError, WeightsNotFound, TrainingDiverged, ValueError)
+log = logging.getLogger("rifle_bench")
+
+
+def describe(cfg: DictConfig) -> str:
+    variant = ",".join(f"{k}={v}" for k, v in methods.variant(cfg.method).items())
+    method = f"{cfg.method.name}({variant})" if variant else cfg.method.name
+    return f"{cfg.dataset.name}/{cfg.model.name}/{cfg.regularizer.name}/{method}/seed={cfg.seed}"
+
+
+def run_job(cfg: DictConfig) -> dict | None:
+    """Run one job in Hydra's output directory: skip it if already complete, record a failure instead of raising."""
+    started = psutil.Process().create_time()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    name = describe(cfg)
+    if multirun and is_complete(run_dir):
+        print(f"[skip] {name}: already complete in {run_dir}", flush=True)
+        return None
+    try:
+        result = run(cfg, run_dir, started=time.perf_counter() - (time.time() - started))
+    except Exception as error:
+        failure = {"status": "failed", "error": f"{type(error).__name__}: {error}", "run_dir": str(run_dir),
+                   "dataset": cfg.dataset.name, "model": cfg.model.name, "regularizer": cfg.regularizer.name,
+                   "method": cfg.method.name, "variant": methods.variant(cfg.method), "seed": cfg.seed,
+                   "epochs": cfg.trainer.epochs, "test_acc": None, "versions": versions()}
+        write_atomic(run_dir / "error.log", traceback.format_exc())
+        write_result(run_dir, failure)
+        print(f"[FAILED] {name}: {failure['error']} (details: {run_dir / 'error.log'})", file=sys.stderr, flush=True)
+        if not multirun:
+            if not isinstance(error, USER_ERRORS):
+                traceback.print_exc()
+            raise SystemExit(1)
+        return failure
+    result["wall_s"] = round(time.time() - started, 3)
+    finish(run_dir, result, keep_checkpoint=cfg.trainer.keep_checkpoint)
+    print(f"[done] {name}: test_acc {result['test_acc']:.2f}%  train {result['train_s']:.0f}s  "
+          f"total {result['wall_s']:.0f}s  -> {run_dir}", flush=True)
+    return result
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_job(cfg)
+
+
+if __name__ == "__main__":
+    main()

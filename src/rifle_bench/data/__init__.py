@@ -1,0 +1,100 @@
+"""Datasets as decode-once caches: `prepare` returns the train and test splits of a dataset config."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torchvision.transforms.functional as TF
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from rifle_bench.data import animals, sources
+from rifle_bench.data.cache import CachedSplit, fingerprint, load_or_build, skipped_count
+from rifle_bench.data.sources import DatasetError
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class Splits:
+    train: CachedSplit
+    test: CachedSplit
+    num_classes: int
+    skipped: int  # corrupt images left out (only with dataset.skip_corrupt=true)
+
+
+def prepare(dataset_cfg, resize: int, cache_root: str | Path, workers: int | None = None) -> Splits:
+    """The dataset's splits, decoded once with the shorter edge resized to `resize` and cached under `cache_root`."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    if dataset_cfg.name == "animals":
+        splits = {split: _animals_split(dataset_cfg, split, resize, cache_root) for split in SPLITS}
+    else:
+        splits = {split: _files_split(dataset_cfg, split, resize, cache_root, workers) for split in SPLITS}
+    _check_labels(dataset_cfg, splits)
+    expected = dataset_cfg.get("expected_sizes") or {}
+    for split, cached in splits.items():
+        if split in expected and expected[split] is not None and len(cached) != expected[split]:
+            warnings.warn(f"dataset '{dataset_cfg.name}': the {split} split has {len(cached)} images, "
+                          f"the paper's has {expected[split]}; results will not be comparable with the paper's",
+                          stacklevel=2)
+    skipped = sum(skipped_count(cached) for cached in splits.values())
+    return Splits(splits["train"], splits["test"], int(dataset_cfg.num_classes), skipped)
+
+
+def _animals_split(cfg, split: str, resize: int, cache_root) -> CachedSplit:
+    def source():
+        images, labels = animals.load_split(cfg.root, split, resize, cfg.train_per_class,
+                                            cfg.test_per_class, cfg.split_seed)
+        return labels, images.__getitem__
+
+    key = [animals.fingerprint(cfg.root), str(cfg.train_per_class), str(cfg.test_per_class), str(cfg.split_seed)]
+    return load_or_build(cache_root, dataset="animals", split=split, resize=resize,
+                         fingerprint_=fingerprint(key), source=source)
+
+
+def _files_split(cfg, split: str, resize: int, cache_root, workers: int) -> CachedSplit:
+    listing = sources.list_split(cfg.name, cfg.root, split, subset_per_class=cfg.get("subset_per_class"),
+                                 subset_seed=cfg.get("subset_seed", 0))
+    key = [f"{path}\t{label}" for path, label in listing.samples]
+
+    def source():
+        paths = [path for path, _ in listing.samples]
+        return [label for _, label in listing.samples], lambda i: decode_resized(
+            paths[i], resize, cfg.name, skip_corrupt=cfg.get("skip_corrupt", False))
+
+    with tqdm(total=len(listing.samples), desc=f"caching {cfg.name}/{split}", unit="img", leave=False,
+              mininterval=1.0) as bar:
+        return load_or_build(cache_root, dataset=cfg.name, split=split, resize=resize,
+                             fingerprint_=fingerprint(key), source=source, workers=workers, progress=bar.update)
+
+
+def decode_resized(path: str, resize: int, dataset: str, skip_corrupt: bool = False) -> np.ndarray | None:
+    """Decode an image file and resize its shorter edge to `resize` (torchvision's Resize, as the paper's code)."""
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        if skip_corrupt:
+            return None
+        raise DatasetError(f"dataset '{dataset}': cannot decode image {path} ({error}). Replace the file, or set "
+                           f"dataset.skip_corrupt=true to leave unreadable images out (their count is reported).") from None
+    return np.asarray(TF.resize(rgb, resize))
+
+
+def _check_labels(cfg, splits: dict[str, CachedSplit]) -> None:
+    for split, cached in splits.items():
+        if len(cached) == 0:
+            raise DatasetError(f"dataset '{cfg.name}': the {split} split is empty (root {cfg.root})")
+        labels = np.asarray(cached.labels)
+        if labels.min() < 0 or labels.max() >= cfg.num_classes:
+            raise DatasetError(f"dataset '{cfg.name}': {split} labels span {labels.min()}..{labels.max()}, "
+                               f"outside 0..{cfg.num_classes - 1} (dataset.num_classes={cfg.num_classes})")
+    present = np.bincount(np.asarray(splits["train"].labels), minlength=cfg.num_classes)
+    empty = np.flatnonzero(present == 0)
+    if len(empty):
+        raise DatasetError(f"dataset '{cfg.name}': {len(empty)} classes have no training image "
+                           f"(first: {empty[:5].tolist()}); check the files under {cfg.root}")

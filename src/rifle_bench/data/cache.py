@@ -1,0 +1,126 @@
+"""Decode-once image cache: every split is stored resized, as uint8, in memory-mappable files.
+
+Layout of one cache entry (a directory, built under a temporary name and renamed into place,
+so concurrent builders never expose a half-written entry):
+  pixels.bin   uint8, all images concatenated in HWC order, flattened
+  index.npy    int64 (N, 3): offset into pixels, height, width
+  labels.npy   int64 (N,)
+  meta.json    what was cached (dataset, split, resize, fingerprint, counts)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class CachedSplit:
+    pixels: np.ndarray  # flat uint8 memmap
+    index: np.ndarray  # (N, 3) offset, height, width
+    labels: np.ndarray  # (N,)
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> np.ndarray:
+        offset, height, width = self.index[i]
+        return self.pixels[offset : offset + height * width * 3].reshape(height, width, 3)
+
+
+def fingerprint(items: Sequence[str]) -> str:
+    """Short hash of the file list (or any identifying strings): a changed dataset gets a new cache entry."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(item.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def entry_dir(cache_root: Path, dataset: str, split: str, resize: int, fingerprint_: str) -> Path:
+    return Path(cache_root) / f"{dataset}-{split}-r{resize}-{fingerprint_}-v{CACHE_FORMAT}"
+
+
+def load_or_build(
+    cache_root: str | Path,
+    *,
+    dataset: str,
+    split: str,
+    resize: int,
+    fingerprint_: str,
+    source: Callable[[], tuple[Sequence[int], Callable[[int], np.ndarray | None]]],
+    workers: int = 1,
+    progress: Callable[[int], object] | None = None,
+) -> CachedSplit:
+    """Return the cached split, building it first if it is not there yet.
+
+    `source()` is called only on a miss and returns (labels, load_image): `load_image(i)` gives image i
+    already resized, HWC uint8 with 3 channels, or None to leave it out (a corrupt file the user asked
+    to skip). Decoding runs on `workers` threads (PIL releases the GIL).
+    """
+    target = entry_dir(Path(cache_root), dataset, split, resize, fingerprint_)
+    if not (target / "meta.json").exists():
+        labels, load_image = source()
+        _build(target, dataset, split, resize, fingerprint_, labels, load_image, workers, progress)
+    return open_entry(target)
+
+
+def skipped_count(split: CachedSplit) -> int:
+    return json.loads((split.path / "meta.json").read_text())["skipped"]
+
+
+def open_entry(path: Path) -> CachedSplit:
+    return CachedSplit(
+        pixels=np.memmap(path / "pixels.bin", dtype=np.uint8, mode="r"),
+        index=np.load(path / "index.npy"),
+        labels=np.load(path / "labels.npy"),
+        path=path,
+    )
+
+
+def _build(target, dataset, split, resize, fingerprint_, labels, load_image, workers, progress) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        index, kept_labels = [], []
+        offset = 0
+        with open(staging / "pixels.bin", "wb") as raw, ThreadPoolExecutor(max(1, workers)) as pool:
+            for i, image in enumerate(pool.map(load_image, range(len(labels)))):
+                if progress is not None:
+                    progress(1)
+                if image is None:
+                    continue
+                image = np.ascontiguousarray(image, dtype=np.uint8)
+                if image.ndim != 3 or image.shape[2] != 3:
+                    raise ValueError(f"cached images must be HxWx3 uint8, got shape {image.shape} for item {i}")
+                index.append((offset, image.shape[0], image.shape[1]))
+                kept_labels.append(labels[i])
+                raw.write(image.tobytes())
+                offset += image.size
+        np.save(staging / "index.npy", np.asarray(index, dtype=np.int64).reshape(-1, 3))
+        np.save(staging / "labels.npy", np.asarray(kept_labels, dtype=np.int64))
+        meta = {"format": CACHE_FORMAT, "dataset": dataset, "split": split, "resize": resize,
+                "fingerprint": fingerprint_, "n": len(kept_labels), "skipped": len(labels) - len(kept_labels),
+                "bytes": int(offset)}
+        # meta.json last: its presence is what marks an entry as complete.
+        (staging / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / "meta.json").exists():  # lost a race against a broken entry: replace it
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,51 @@
+"""The narrow interface every algorithmic regularizer implements, and the learning-rate shapes they share."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rifle_bench.models import Classifier
+
+
+class Method:
+    """Plain fine-tuning; subclasses override the hooks they need.
+
+    The training loop calls, in order: `wrap_model` once before the optimizer exists; per epoch
+    `start_epoch` (returns True where the head was re-initialized) and `learning_rates`; per step `targets`.
+    """
+
+    def wrap_model(self, model: Classifier) -> None:
+        pass
+
+    def start_epoch(self, epoch: int, epochs: int, model: Classifier, optimizer: torch.optim.Optimizer) -> bool:
+        return False
+
+    def learning_rates(self, epoch: int, epochs: int, base_lr: float, scheduled_lr: float) -> tuple[float, float]:
+        """(backbone lr, head lr) for `epoch`; `scheduled_lr` is the global schedule's value."""
+        return scheduled_lr, scheduled_lr
+
+    def targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        return labels
+
+
+def cosine(epoch: int, epochs: int, base_lr: float) -> float:
+    """Cosine annealing stepped once per epoch, as torch's CosineAnnealingLR(T_max=epochs, eta_min=0)."""
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def period_starts(epochs: int, periods: int) -> list[int]:
+    """First epochs of `periods` equal periods of length epochs // periods; the last one takes the remainder."""
+    length = epochs // periods
+    if length < 1:
+        raise ValueError(f"{periods} periods do not fit in {epochs} epochs: use more epochs (trainer.epochs) "
+                         f"or fewer cycles/re-initializations")
+    return [i * length for i in range(periods)]
+
+
+def cyclic_cosine(epoch: int, epochs: int, starts: list[int], base_lr: float) -> float:
+    """Cosine annealing restarted at each period start: 0.5*lr*(1 + cos(pi * tau / period length))."""
+    start = max(s for s in starts if s <= epoch)
+    end = next((s for s in starts if s > epoch), epochs)
+    return cosine(epoch - start, end - start, base_lr)

@@ -1,0 +1,79 @@
+"""The files of one run directory, the contract between a run and the sweep/report layers.
+
+  metrics.csv   one row per finished epoch
+  result.json   final metrics, config keys, timings, versions; status "done" or "failed" with its reason
+  checkpoint.pt the state at the last finished epoch (while the run is incomplete)
+  COMPLETED     empty marker, written last: its presence means result.json holds a finished run
+Every file is written atomically (a temporary file in the same directory, then os.replace).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+METRICS_FILE = "metrics.csv"
+RESULT_FILE = "result.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+COMPLETED_FILE = "COMPLETED"
+METRICS_COLUMNS = ["epoch", "lr_backbone", "lr_head", "head_reinit", "train_loss", "train_acc", "test_acc",
+                   "penalty", "epoch_s"]
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data.encode() if isinstance(data, str) else data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row.get(key) is None else row[key] for key in METRICS_COLUMNS})
+    write_atomic(Path(run_dir) / METRICS_FILE, buffer.getvalue())
+
+
+def write_result(run_dir: Path, result: dict) -> None:
+    write_atomic(Path(run_dir) / RESULT_FILE, json.dumps(result, indent=2, default=str) + "\n")
+
+
+def mark_completed(run_dir: Path) -> None:
+    write_atomic(Path(run_dir) / COMPLETED_FILE, "")
+
+
+def is_complete(run_dir: Path) -> bool:
+    run_dir = Path(run_dir)
+    if not (run_dir / COMPLETED_FILE).exists():
+        return False
+    try:
+        return json.loads((run_dir / RESULT_FILE).read_text()).get("status") == "done"
+    except (OSError, ValueError):
+        return False
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import numpy
+    import torch
+    import torchvision
+
+    import rifle_bench
+
+    return {"rifle_bench": rifle_bench.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "hydra": hydra.__version__, "numpy": numpy.__version__,
+            "platform": platform.platform()}

@@ -1,0 +1,182 @@
+"""One fine-tuning run, top to bottom: data, model, method, regularizer, the epoch loop, the run's files."""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from rifle_bench import data, methods, models, regularizers
+from rifle_bench.checkpoint import load_checkpoint, save_checkpoint
+from rifle_bench.data.loader import ImageBatches
+from rifle_bench.methods.base import cosine
+from rifle_bench.results import mark_completed, versions, write_metrics, write_result
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
+    """Train and evaluate one configuration; write metrics.csv and checkpoints as it goes, return the result."""
+    timings: dict[str, float] = {"startup_s": time.perf_counter() - started if started else 0.0}
+    clock = time.perf_counter()
+    trainer = cfg.trainer
+    device = _device(trainer.device)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not trainer.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    splits = data.prepare(cfg.dataset, trainer.resize, cfg.paths.cache, trainer.workers)
+    timings["data_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+
+    model = models.build(cfg.model.name, splits.num_classes, cfg.model.weights)
+    method = methods.build(cfg.method)
+    method.wrap_model(model)
+    regularizer = regularizers.build(cfg.regularizer)
+    channels_last = trainer.channels_last
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    regularizer.attach(model)
+    optimizer = torch.optim.SGD(
+        [{"params": list(model.backbone.parameters())}, {"params": list(model.head.parameters())}],
+        lr=trainer.lr, momentum=trainer.momentum, weight_decay=regularizer.weight_decay)
+    forward = torch.compile(model) if trainer.compile else model
+    autocast = _autocast(trainer.precision, device)
+    batches = {split: ImageBatches(getattr(splits, split), crop=trainer.crop, batch_size=trainer.batch_size,
+                                   train=split == "train", device=device, seed=cfg.seed,
+                                   channels_last=channels_last) for split in ("train", "test")}
+    timings["model_s"] = time.perf_counter() - clock
+
+    epochs = trainer.epochs
+    state = load_checkpoint(run_dir, model, optimizer, _fingerprint(cfg))
+    rows = state["rows"] if state else []
+    train_s = sum(row["epoch_s"] for row in rows)
+    eval_s = state["eval_s"] if state else 0.0
+    bar = tqdm(total=epochs * len(batches["train"]), initial=len(rows) * len(batches["train"]), unit="step",
+               desc=f"{cfg.dataset.name}/{cfg.method.name}/s{cfg.seed}", dynamic_ncols=True, disable=None)
+    for epoch in range(len(rows), epochs):
+        epoch_clock = time.perf_counter()
+        reinit = method.start_epoch(epoch, epochs, model, optimizer)
+        scheduled = cosine(epoch, epochs, trainer.lr) if trainer.schedule == "cosine" else trainer.lr
+        lrs = method.learning_rates(epoch, epochs, trainer.lr, scheduled)
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for images, labels in batches["train"].epoch(epoch):
+            targets = method.targets(labels, splits.num_classes)
+            with autocast:
+                logits = forward(images)
+                loss = F.cross_entropy(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            regularizer.add_gradients()
+            optimizer.step()
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
+            seen += len(labels)
+            bar.update()
+        train_loss = loss_sum.item() / seen  # the epoch's one host sync
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower trainer.lr "
+                                   f"or check the data")
+        row = {"epoch": epoch + 1, "lr_backbone": lrs[0], "lr_head": lrs[1], "head_reinit": int(reinit),
+               "train_loss": round(train_loss, 6), "train_acc": round(100.0 * correct.item() / seen, 4),
+               "test_acc": None, "penalty": round(regularizer.penalty(), 6)}
+        row["epoch_s"] = round(time.perf_counter() - epoch_clock, 4)
+        train_s += row["epoch_s"]
+        if _evaluate_now(epoch, epochs, trainer.eval_every):
+            eval_clock = time.perf_counter()
+            row["test_acc"] = round(evaluate(model, batches["test"], autocast), 4)
+            eval_s += time.perf_counter() - eval_clock
+        rows.append(row)
+        write_metrics(run_dir, rows)
+        if trainer.checkpoint:
+            save_checkpoint(run_dir, model, optimizer, rows, eval_s, _fingerprint(cfg))
+        bar.set_postfix(loss=f"{train_loss:.3f}", acc=row["test_acc"] if row["test_acc"] is not None else "-")
+    bar.close()
+
+    final = rows[-1]
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    timings.update(train_s=train_s, eval_s=eval_s)
+    return {
+        "status": "done", "error": None,
+        "dataset": cfg.dataset.name, "model": cfg.model.name, "weights": cfg.model.weights,
+        "regularizer": cfg.regularizer.name, "method": cfg.method.name, "variant": methods.variant(cfg.method),
+        "seed": cfg.seed, "epochs": epochs, "test_acc": final["test_acc"], "train_acc": final["train_acc"],
+        "train_loss": final["train_loss"], "n_train": len(splits.train), "n_test": len(splits.test),
+        "num_classes": splits.num_classes, "skipped_images": splits.skipped,
+        "train_s": round(train_s, 3), "eval_s": round(eval_s, 3), "timings": {k: round(v, 3) for k, v in timings.items()},
+        "peak_rss_mb": round(peak_rss_mb, 1), "device": str(device), "precision": _precision_name(autocast),
+        "config": OmegaConf.to_container(cfg, resolve=True), "versions": versions(),
+    }
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: ImageBatches, autocast) -> float:
+    """Top-1 accuracy in percent over the whole split."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=batches.device)
+    total = 0
+    for images, labels in batches.epoch(0):
+        with autocast:
+            correct += (model(images).argmax(1) == labels).sum()
+        total += len(labels)
+    return 100.0 * correct.item() / total
+
+
+def finish(run_dir: Path, result: dict, keep_checkpoint: bool) -> None:
+    """Write result.json, then the completion marker; the checkpoint goes unless asked to keep it."""
+    write_result(run_dir, result)
+    mark_completed(run_dir)
+    if not keep_checkpoint:
+        (Path(run_dir) / "checkpoint.pt").unlink(missing_ok=True)
+
+
+def _evaluate_now(epoch: int, epochs: int, every: int) -> bool:
+    return epoch + 1 == epochs or (every > 0 and (epoch + 1) % every == 0)
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but no CUDA device is available: use trainer.device=auto or cpu")
+    return torch.device(choice)
+
+
+def _autocast(precision: str, device: torch.device):
+    """bf16 autocast on GPUs that support it ('auto' or 'bf16'); fp32 otherwise (CPU autocast is slower here)."""
+    if precision not in {"auto", "bf16", "fp32"}:
+        raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got '{precision}'")
+    if precision == "fp32" or device.type != "cuda":
+        return nullcontext()
+    if not torch.cuda.is_bf16_supported():
+        if precision == "bf16":
+            raise RuntimeError("trainer.precision=bf16 but this GPU does not support bfloat16: use auto or fp32")
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def _precision_name(autocast) -> str:
+    return "bf16" if isinstance(autocast, torch.autocast) else "fp32"
+
+
+def _fingerprint(cfg: DictConfig) -> dict:
+    """What a checkpoint must match to be resumed: everything that shapes the training trajectory."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for key in ("workers", "checkpoint", "keep_checkpoint", "eval_every"):
+        trainer.pop(key, None)
+    parts = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("dataset", "model", "regularizer", "method")}
+    return parts | {"trainer": trainer, "seed": cfg.seed}

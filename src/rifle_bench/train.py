@@ -119,7 +119,8 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
         "num_classes": splits.num_classes, "skipped_images": splits.skipped,
         "train_s": round(train_s, 3), "eval_s": round(eval_s, 3), "timings": {k: round(v, 3) for k, v in timings.items()},
         "peak_rss_mb": round(peak_rss_mb, 1), "device": str(device), "precision": _precision_name(autocast),
-        "config": OmegaConf.to_container(cfg, resolve=True), "versions": versions(),
+        "config": {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+                   for key in cfg if key != "hydra"}, "versions": versions(),
     }
 
 

@@ -53,9 +53,10 @@ class L2SP:
     @torch.no_grad()
     def penalty(self) -> float:
         """The value of the penalty term (for logging)."""
-        backbone = sum(float(torch.sum((p - w0) ** 2)) for p, w0 in zip(self.backbone, self.starting_point))
-        head = sum(float(torch.sum(p ** 2)) for p in self.head)
-        return 0.5 * self.alpha * backbone + 0.5 * self.beta * head
+        drift = torch._foreach_sub(self.backbone, self.starting_point)
+        backbone = torch.stack(torch._foreach_norm(drift)).square().sum()
+        head = torch.stack(torch._foreach_norm(self.head)).square().sum()
+        return float(0.5 * self.alpha * backbone + 0.5 * self.beta * head)
 
 
 def build(regularizer_cfg) -> L2 | L2SP:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import resource
 import time
@@ -18,6 +19,8 @@ from rifle_bench.checkpoint import load_checkpoint, save_checkpoint
 from rifle_bench.data.loader import ImageBatches
 from rifle_bench.methods.base import cosine
 from rifle_bench.results import mark_completed, versions, write_metrics, write_result
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,7 +52,10 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
     optimizer = torch.optim.SGD(
         [{"params": list(model.backbone.parameters())}, {"params": list(model.head.parameters())}],
         lr=trainer.lr, momentum=trainer.momentum, weight_decay=regularizer.weight_decay)
-    forward = torch.compile(model) if trainer.compile else model
+    compiled = trainer.compile and device.type == "cuda"  # CPU compile costs minutes of start-up for little gain
+    if trainer.compile and not compiled:
+        log.warning("trainer.compile=true is ignored on %s: the model runs eagerly", device)
+    forward = torch.compile(model) if compiled else model
     autocast = _autocast(trainer.precision, device)
     batches = {split: ImageBatches(getattr(splits, split), crop=trainer.crop, batch_size=trainer.batch_size,
                                    train=split == "train", device=device, seed=cfg.seed,
@@ -61,6 +67,7 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
     rows = state["rows"] if state else []
     train_s = sum(row["epoch_s"] for row in rows)
     eval_s = state["eval_s"] if state else 0.0
+    write_s = 0.0
     bar = tqdm(total=epochs * len(batches["train"]), initial=len(rows) * len(batches["train"]), unit="step",
                desc=f"{cfg.dataset.name}/{cfg.method.name}/s{cfg.seed}", dynamic_ncols=True, disable=None)
     for epoch in range(len(rows), epochs):
@@ -101,15 +108,17 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
             row["test_acc"] = round(evaluate(model, batches["test"], autocast), 4)
             eval_s += time.perf_counter() - eval_clock
         rows.append(row)
+        write_clock = time.perf_counter()
         write_metrics(run_dir, rows)
         if trainer.checkpoint:
             save_checkpoint(run_dir, model, optimizer, rows, eval_s, _fingerprint(cfg))
+        write_s += time.perf_counter() - write_clock
         bar.set_postfix(loss=f"{train_loss:.3f}", acc=row["test_acc"] if row["test_acc"] is not None else "-")
     bar.close()
 
     final = rows[-1]
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    timings.update(train_s=train_s, eval_s=eval_s)
+    timings.update(train_s=train_s, eval_s=eval_s, write_s=write_s)
     return {
         "status": "done", "error": None,
         "dataset": cfg.dataset.name, "model": cfg.model.name, "weights": cfg.model.weights,
@@ -119,6 +128,7 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
         "num_classes": splits.num_classes, "skipped_images": splits.skipped,
         "train_s": round(train_s, 3), "eval_s": round(eval_s, 3), "timings": {k: round(v, 3) for k, v in timings.items()},
         "peak_rss_mb": round(peak_rss_mb, 1), "device": str(device), "precision": _precision_name(autocast),
+        "channels_last": channels_last, "compiled": compiled,
         "config": {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
                    for key in cfg if key != "hydra"}, "versions": versions(),
     }

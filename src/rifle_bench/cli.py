@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from rifle_bench import methods
 from rifle_bench.data.sources import DatasetError
 from rifle_bench.models import WeightsNotFound
+from rifle_bench.resources import gpu_of_its_own, use_cpu_threads
 from rifle_bench.results import is_complete, versions, write_atomic, write_result
 from rifle_bench.train import TrainingDiverged, finish, run
 
@@ -42,7 +43,9 @@ def run_job(cfg: DictConfig) -> dict | None:
         print(f"[skip] {name}: already complete in {run_dir}", flush=True)
         return None
     try:
-        result = run(cfg, run_dir, started=time.perf_counter() - (time.time() - started))
+        threads = use_cpu_threads(cfg.trainer.threads)
+        with gpu_of_its_own(cfg.trainer.device):
+            result = run(cfg, run_dir, started=time.perf_counter() - (time.time() - started))
     except Exception as error:
         failure = {"status": "failed", "error": f"{type(error).__name__}: {error}", "run_dir": str(run_dir),
                    "dataset": cfg.dataset.name, "model": cfg.model.name, "regularizer": cfg.regularizer.name,
@@ -57,6 +60,7 @@ def run_job(cfg: DictConfig) -> dict | None:
             raise SystemExit(1)
         return failure
     result["wall_s"] = round(time.time() - started, 3)
+    result["cpu_threads"] = threads
     finish(run_dir, result, keep_checkpoint=cfg.trainer.keep_checkpoint)
     print(f"[done] {name}: test_acc {result['test_acc']:.2f}%  train {result['train_s']:.0f}s  "
           f"total {result['wall_s']:.0f}s  -> {run_dir}", flush=True)

@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from conftest import TINY, run_cli
 from rifle_bench import train
@@ -91,3 +92,18 @@ def test_unknown_group_option_lists_the_choices(tmp_path):
 def test_random_init_runs_offline(compose_cfg, tmp_path):
     result = train.run(compose_cfg(*TINY, "model.weights=null", "trainer.epochs=1"), tmp_path)
     assert result["weights"] is None and result["status"] == "done"
+
+
+def test_gpu_options_compose_and_fall_back_cleanly_on_cpu(compose_cfg, tmp_path):
+    cfg = compose_cfg(*TINY, "trainer.epochs=1", "trainer.compile=true", "trainer.precision=bf16",
+                      "trainer.channels_last=false", "trainer.deterministic=true", "trainer.eval_every=1")
+    result = train.run(cfg, tmp_path)
+    assert (result["device"], result["compiled"], result["precision"], result["channels_last"]) == \
+        ("cpu", False, "fp32", False)
+
+
+def test_cuda_requested_without_a_gpu_is_a_clear_error(compose_cfg, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        train.run(compose_cfg(*TINY, "trainer.device=cuda"), tmp_path)

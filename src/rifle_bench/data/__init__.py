@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from rifle_bench.data import animals, sources
-from rifle_bench.data.cache import CachedSplit, fingerprint, load_or_build, skipped_count
+from rifle_bench.data.cache import CachedSplit, fingerprint, load_or_build
 from rifle_bench.data.sources import DatasetError
 
 SPLITS = ("train", "test")
@@ -33,15 +34,22 @@ def prepare(dataset_cfg, resize: int, cache_root: str | Path, workers: int | Non
     if dataset_cfg.name == "animals":
         splits = {split: _animals_split(dataset_cfg, split, resize, cache_root) for split in SPLITS}
     else:
-        splits = {split: _files_split(dataset_cfg, split, resize, cache_root, workers) for split in SPLITS}
-    _check_labels(dataset_cfg, splits)
+        listings = {split: sources.list_split(dataset_cfg.name, dataset_cfg.root, split,
+                                              subset_per_class=dataset_cfg.get("subset_per_class"),
+                                              subset_seed=dataset_cfg.get("subset_seed", 0)) for split in SPLITS}
+        # Before decoding: a num_classes that does not fit the files should not cost a pass over every image.
+        _check_labels(dataset_cfg, {split: [label for _, label in listing.samples] for split, listing in listings.items()})
+        splits = {split: _files_split(dataset_cfg, split, listing, resize, cache_root, workers)
+                  for split, listing in listings.items()}
+        _check_skipped(dataset_cfg, splits, listings)
+    _check_labels(dataset_cfg, {split: cached.labels for split, cached in splits.items()})
     expected = dataset_cfg.get("expected_sizes") or {}
     for split, cached in splits.items():
         if split in expected and expected[split] is not None and len(cached) != expected[split]:
             warnings.warn(f"dataset '{dataset_cfg.name}': the {split} split has {len(cached)} images, "
                           f"the paper's has {expected[split]}; results will not be comparable with the paper's",
                           stacklevel=2)
-    skipped = sum(skipped_count(cached) for cached in splits.values())
+    skipped = sum(len(cached.skipped) for cached in splits.values())
     return Splits(splits["train"], splits["test"], int(dataset_cfg.num_classes), skipped)
 
 
@@ -56,17 +64,17 @@ def _animals_split(cfg, split: str, resize: int, cache_root) -> CachedSplit:
                          fingerprint_=fingerprint(key), source=source)
 
 
-def _files_split(cfg, split: str, resize: int, cache_root, workers: int) -> CachedSplit:
-    listing = sources.list_split(cfg.name, cfg.root, split, subset_per_class=cfg.get("subset_per_class"),
-                                 subset_seed=cfg.get("subset_seed", 0))
-    key = [f"{path}\t{label}" for path, label in listing.samples]
+def _files_split(cfg, split: str, listing: sources.Source, resize: int, cache_root, workers: int) -> CachedSplit:
+    paths = [path for path, _ in listing.samples]
+    # Size and modification time too: an image replaced in place (say, a corrupt one repaired) is decoded again.
+    key = [f"{path}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}"
+           for (path, label), stat in zip(listing.samples, map(os.stat, paths))]
 
     def source():
-        paths = [path for path, _ in listing.samples]
         return [label for _, label in listing.samples], lambda i: decode_resized(
             paths[i], resize, cfg.name, skip_corrupt=cfg.get("skip_corrupt", False))
 
-    with tqdm(total=len(listing.samples), desc=f"caching {cfg.name}/{split}", unit="img", leave=False,
+    with tqdm(total=len(paths), desc=f"caching {cfg.name}/{split}", unit="img", leave=False,
               mininterval=1.0) as bar:
         return load_or_build(cache_root, dataset=cfg.name, split=split, resize=resize,
                              fingerprint_=fingerprint(key), source=source, workers=workers, progress=bar.update)
@@ -85,16 +93,30 @@ def decode_resized(path: str, resize: int, dataset: str, skip_corrupt: bool = Fa
     return np.asarray(TF.resize(rgb, resize))
 
 
-def _check_labels(cfg, splits: dict[str, CachedSplit]) -> None:
-    for split, cached in splits.items():
-        if len(cached) == 0:
+def _check_labels(cfg, labels_by_split: dict[str, Sequence[int]]) -> None:
+    for split, labels in labels_by_split.items():
+        if len(labels) == 0:
             raise DatasetError(f"dataset '{cfg.name}': the {split} split is empty (root {cfg.root})")
-        labels = np.asarray(cached.labels)
+        labels = np.asarray(labels)
         if labels.min() < 0 or labels.max() >= cfg.num_classes:
             raise DatasetError(f"dataset '{cfg.name}': {split} labels span {labels.min()}..{labels.max()}, "
                                f"outside 0..{cfg.num_classes - 1} (dataset.num_classes={cfg.num_classes})")
-    present = np.bincount(np.asarray(splits["train"].labels), minlength=cfg.num_classes)
+    present = np.bincount(np.asarray(labels_by_split["train"]), minlength=cfg.num_classes)
     empty = np.flatnonzero(present == 0)
     if len(empty):
         raise DatasetError(f"dataset '{cfg.name}': {len(empty)} classes have no training image "
                            f"(first: {empty[:5].tolist()}); check the files under {cfg.root}")
+
+
+def _check_skipped(cfg, splits: dict[str, CachedSplit], listings: dict[str, sources.Source]) -> None:
+    """Name the images a cache entry left out; an error unless dataset.skip_corrupt allows leaving them out
+    (the entry may have been built by an earlier run that had it set)."""
+    unreadable = [listings[split].samples[i][0] for split, cached in splits.items() for i in cached.skipped]
+    if not unreadable:
+        return
+    named = ", ".join(unreadable[:5])
+    if not cfg.get("skip_corrupt", False):
+        raise DatasetError(f"dataset '{cfg.name}': {len(unreadable)} image(s) cannot be decoded: {named}. Replace "
+                           f"them, or set dataset.skip_corrupt=true to leave them out (their count is reported).")
+    warnings.warn(f"dataset '{cfg.name}': left out {len(unreadable)} image(s) that cannot be decoded: {named}",
+                  stacklevel=3)

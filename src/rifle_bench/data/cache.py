@@ -5,31 +5,37 @@ so concurrent builders never expose a half-written entry):
   pixels.bin   uint8, all images concatenated in HWC order, flattened
   index.npy    int64 (N, 3): offset into pixels, height, width
   labels.npy   int64 (N,)
-  meta.json    what was cached (dataset, split, resize, fingerprint, counts)
+  meta.json    what was cached (dataset, split, resize, fingerprint, counts, the items left out)
+
+Builders of one entry also take an exclusive lock on `<entry>.lock`, so that the many jobs of a sweep
+starting at once decode the dataset once, not once each: the others wait, then read the finished entry.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 @dataclass
 class CachedSplit:
-    pixels: np.ndarray  # flat uint8 memmap
+    pixels: np.ndarray  # flat uint8, memory-mapped
     index: np.ndarray  # (N, 3) offset, height, width
     labels: np.ndarray  # (N,)
+    skipped: list[int]  # positions in the source's item list that were left out (unreadable images)
     path: Path
 
     def __len__(self) -> int:
@@ -71,36 +77,64 @@ def load_or_build(
     to skip). Decoding runs on `workers` threads (PIL releases the GIL).
     """
     target = entry_dir(Path(cache_root), dataset, split, resize, fingerprint_)
-    if not (target / "meta.json").exists():
-        labels, load_image = source()
-        _build(target, dataset, split, resize, fingerprint_, labels, load_image, workers, progress)
+    if not _complete(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(target.with_name(target.name + ".lock")) as locked:
+            if not _complete(target):  # another process may have built it while this one waited
+                if locked:
+                    _remove_staging_dirs(target)
+                labels, load_image = source()
+                _build(target, dataset, split, resize, fingerprint_, labels, load_image, workers, progress)
     return open_entry(target)
 
 
-def skipped_count(split: CachedSplit) -> int:
-    return json.loads((split.path / "meta.json").read_text())["skipped"]
-
-
 def open_entry(path: Path) -> CachedSplit:
-    return CachedSplit(
-        pixels=np.memmap(path / "pixels.bin", dtype=np.uint8, mode="r"),
-        index=np.load(path / "index.npy"),
-        labels=np.load(path / "labels.npy"),
-        path=path,
-    )
+    meta = json.loads((path / "meta.json").read_text())
+    # Viewed as a plain ndarray (slicing an np.memmap runs Python code per slice); np.memmap cannot map
+    # an empty file (a split whose every image was skipped).
+    pixels = np.memmap(path / "pixels.bin", dtype=np.uint8, mode="r").view(np.ndarray) if meta["bytes"] \
+        else np.zeros(0, np.uint8)
+    return CachedSplit(pixels=pixels, index=np.load(path / "index.npy"), labels=np.load(path / "labels.npy"),
+                       skipped=meta["skipped"], path=path)
+
+
+def _complete(entry: Path) -> bool:
+    return (entry / "meta.json").exists()
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive flock on `path`; yields False where the file system refuses locks (some NFS
+    mounts), in which case the build goes ahead unlocked: the rename alone still keeps readers safe."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_staging_dirs(target: Path) -> None:
+    """Leftovers of builders that were killed; only called by the lock holder, when no other builder runs."""
+    for staging in target.parent.glob(f".{target.name}.*"):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _build(target, dataset, split, resize, fingerprint_, labels, load_image, workers, progress) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        index, kept_labels = [], []
+        index, kept_labels, skipped = [], [], []
         offset = 0
         with open(staging / "pixels.bin", "wb") as raw, ThreadPoolExecutor(max(1, workers)) as pool:
             for i, image in enumerate(pool.map(load_image, range(len(labels)))):
                 if progress is not None:
                     progress(1)
                 if image is None:
+                    skipped.append(i)
                     continue
                 image = np.ascontiguousarray(image, dtype=np.uint8)
                 if image.ndim != 3 or image.shape[2] != 3:
@@ -112,14 +146,13 @@ def _build(target, dataset, split, resize, fingerprint_, labels, load_image, wor
         np.save(staging / "index.npy", np.asarray(index, dtype=np.int64).reshape(-1, 3))
         np.save(staging / "labels.npy", np.asarray(kept_labels, dtype=np.int64))
         meta = {"format": CACHE_FORMAT, "dataset": dataset, "split": split, "resize": resize,
-                "fingerprint": fingerprint_, "n": len(kept_labels), "skipped": len(labels) - len(kept_labels),
-                "bytes": int(offset)}
+                "fingerprint": fingerprint_, "n": len(kept_labels), "skipped": skipped, "bytes": int(offset)}
         # meta.json last: its presence is what marks an entry as complete.
         (staging / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.rename(staging, target)
         except OSError:
-            if not (target / "meta.json").exists():  # lost a race against a broken entry: replace it
+            if not _complete(target):  # lost a race against a broken entry: replace it
                 shutil.rmtree(target, ignore_errors=True)
                 os.rename(staging, target)
     finally:

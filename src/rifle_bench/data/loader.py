@@ -2,9 +2,10 @@
 
 Training batches follow the paper's augmentation exactly: a crop at a uniformly random position of the
 resized image (torchvision RandomCrop) and a horizontal flip with probability 0.5; test batches take the
-center crop (torchvision CenterCrop). The per-image crop is a slice copy from the memory map; flip and
-normalization run batched as tensor ops on the training device. The random stream of epoch e depends only
-on (seed, e), so a resumed run sees the same batches as an uninterrupted one.
+center crop (torchvision CenterCrop). A background thread copies each crop (flipped or not) from the memory
+map into one uint8 batch, already in the layout the model reads (NCHW or channels_last); normalization runs
+batched on the training device, in one fused pass. The random stream of epoch e depends only on (seed, e),
+so a resumed run sees the same batches as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -30,12 +31,16 @@ class ImageBatches:
             raise ValueError(f"crop {crop} is larger than the smallest cached image side ({smallest} px): "
                              f"set a resize >= crop for this dataset")
         self.split, self.crop, self.batch_size, self.train = split, crop, batch_size, train
-        self.device, self.seed, self.prefetch = device, seed, prefetch
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.device, self.seed, self.prefetch, self.channels_last = device, seed, prefetch, channels_last
         self.labels = torch.from_numpy(np.asarray(split.labels))
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
+        # ToTensor + Normalize as one multiply-add, x * scale + shift (within 5e-7 of torchvision's result),
+        # spelled out per pixel in the batch's layout, so that the op broadcasts over the batch dimension only.
+        mean, std = torch.tensor(IMAGENET_MEAN, dtype=torch.float64), torch.tensor(IMAGENET_STD, dtype=torch.float64)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.scale, self.shift = (
+            values.float().view(1, 3, 1, 1).expand(1, 3, crop, crop).contiguous(memory_format=memory_format).to(device)
+            for values in (1.0 / (255.0 * std), -mean / std)
+        )
 
     def __len__(self) -> int:
         return len(self._batch_indices(np.random.default_rng(0)))
@@ -44,8 +49,8 @@ class ImageBatches:
         """The batches of one pass, (images float NCHW normalized, labels int64), on the device."""
         rng = np.random.default_rng([self.seed, epoch])
         plans = self._plans(rng)
-        for pixels, flips, labels in _prefetched((self._gather(plan) for plan in plans), self.prefetch):
-            yield self._to_device(pixels, flips), labels.to(self.device, non_blocking=True)
+        for pixels, labels in _prefetched((self._gather(plan) for plan in plans), self.prefetch):
+            yield self._normalize(pixels.to(self.device, non_blocking=True)), labels.to(self.device, non_blocking=True)
 
     def _batch_indices(self, rng: np.random.Generator) -> list[np.ndarray]:
         n = len(self.split)
@@ -72,23 +77,27 @@ class ImageBatches:
             plans.append((indices, tops, lefts, flips))
         return plans
 
-    def _gather(self, plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        indices, tops, lefts, flips = plan
-        crop = self.crop
-        pixels = torch.empty((len(indices), crop, crop, 3), dtype=torch.uint8,
-                             pin_memory=self.device.type == "cuda")
-        out = pixels.numpy()
-        for slot, (i, top, left) in enumerate(zip(indices, tops, lefts)):
-            out[slot] = self.split.image(i)[top:top + crop, left:left + crop]
-        return pixels, torch.from_numpy(flips), self.labels[torch.from_numpy(indices)]
+    def _gather(self, plan) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's crops, flipped where drawn, as uint8 in the model's memory layout."""
+        indices, crop = plan[0], self.crop
+        shape = (len(indices), crop, crop, 3) if self.channels_last else (len(indices), 3, crop, crop)
+        batch = torch.empty(shape, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+        out = batch.numpy()
+        rows = zip(*(column.tolist() for column in plan))  # Python ints slice faster than numpy scalars
+        for slot, (i, top, left, flip) in enumerate(rows):
+            window = self.split.image(i)[top:top + crop, left:left + crop]
+            if flip:
+                window = window[:, ::-1]
+            target = out[slot] if self.channels_last else out[slot].transpose(1, 2, 0)
+            # Copied plane by plane: a flipped copy of whole 3-byte pixels is several times slower.
+            for channel in range(3):
+                target[..., channel] = window[..., channel]
+        images = batch.permute(0, 3, 1, 2) if self.channels_last else batch
+        return images, self.labels[torch.from_numpy(indices)]
 
-    def _to_device(self, pixels: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-        pixels = pixels.to(self.device, non_blocking=True)
-        if self.train:
-            flips = flips.to(self.device, non_blocking=True).view(-1, 1, 1, 1)
-            pixels = torch.where(flips, pixels.flip(2), pixels)  # NHWC: dim 2 is the width
-        images = pixels.permute(0, 3, 1, 2).float().mul_(self.scale).add_(self.shift)
-        return images.contiguous(memory_format=self.memory_format)
+    def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        images = pixels.float()  # keeps the memory layout: channels_last stays channels_last
+        return torch.addcmul(self.shift, images, self.scale, out=images)
 
 
 def _prefetched(items: Iterator, depth: int) -> Iterator:

@@ -1,0 +1,97 @@
+"""The cluster path without a cluster: submitit's SLURM executor against a fake SLURM (a job array, one job
+preempted and requeued), the local parallel launcher, `rifle-bench-status`, and launcher misconfiguration."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import joblib
+import pytest
+
+import fake_slurm
+from conftest import TINY, run_cli
+from rifle_bench.status import main as status_main
+from rifle_bench.status import sweep_status
+
+FAST = [*TINY, "trainer.threads=1"]
+
+
+@pytest.fixture
+def slurm(tmp_path, monkeypatch):
+    """Environment with the fake SLURM commands first on PATH; kills whatever its jobs still run afterwards."""
+    state = tmp_path / "slurm-state"
+    state.mkdir()
+    fake_slurm.install(tmp_path / "bin")
+    monkeypatch.delenv("RIFLE_BENCH_SLURM_PARTITION", raising=False)
+    yield {"PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_DIR": str(state)}
+    for step in state.glob("*.step"):
+        try:
+            os.kill(int(step.read_text()), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def results(sweep: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(sweep.glob("*/result.json"))]
+
+
+def test_slurm_job_array_runs_through_submitit_and_a_preempted_job_resumes(tmp_path, slurm):
+    sweep = tmp_path / "sweep"
+    # Array task 0 runs seed 0; it is preempted (SIGTERM, SIGUSR2) once its first checkpoint exists.
+    env = slurm | {"FAKE_SLURM_PREEMPT": f"0:{sweep}/*seed=0*/checkpoint.pt"}
+    run_cli("-m", *FAST, "trainer.epochs=3", "seed=0,1", "hydra/launcher=slurm", "hydra.launcher.partition=fake",
+            "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=env)
+
+    assert [(result["status"], result["seed"]) for result in results(sweep)] == [("done", 0), ("done", 1)]
+    assert {result["cpu_threads"] for result in results(sweep)} == {1}  # SLURM_CPUS_PER_TASK
+    script = next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
+    for line in ("#SBATCH --array=0-1%2", "#SBATCH --partition=fake", "#SBATCH --gpus-per-node=1", "#SBATCH --requeue"):
+        assert line in script
+    state = Path(slurm["FAKE_SLURM_DIR"])
+    assert sorted(path.name for path in state.glob("*.state")) == ["1000_0.state", "1000_1.state"]
+    squeue = subprocess.run(["squeue"], env=os.environ | slurm, capture_output=True, text=True, check=True)
+    assert squeue.stdout.splitlines()[1:] == []  # nothing left in the queue
+
+    preempted = "".join(path.read_text() for path in (sweep / ".submitit" / "1000_0").glob("*_log.*"))
+    assert "this job is preempted" in preempted and "Requeued job 1000_0" in preempted
+    assert "resuming" in preempted and "after epoch" in preempted and "Job completed successfully" in preempted
+
+
+def test_local_parallel_sweep_isolates_a_failing_cell_and_status_counts_every_kind_of_cell(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    completed = run_cli("-m", *TINY, "trainer.epochs=1", "trainer.precision=fp32,bf15", "hydra/launcher=local",
+                        "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
+    assert "1 complete" in completed.stdout and "1 failed" in completed.stdout
+    [done] = [result for result in results(sweep) if result["status"] == "done"]
+    assert done["cpu_threads"] == max(1, joblib.cpu_count() // 2)  # its share: cores // n_jobs
+    # A cell still running (or killed: no result yet), and one planned but not started.
+    (sweep / "running" / ".hydra").mkdir(parents=True)
+    plan = json.loads((sweep / "plan.json").read_text())
+    plan["cells"].append({**plan["cells"][0], "dir": "not-started"})
+    (sweep / "plan.json").write_text(json.dumps(plan))
+
+    status = sweep_status(sweep)
+
+    assert {key: status[key] for key in ("complete", "failed", "incomplete", "missing")} == \
+        {"complete": 1, "failed": 1, "incomplete": 1, "missing": 1}
+    [(failed_dir, reason)] = status["failures"]
+    assert "bf15" in failed_dir.name and "trainer.precision must be auto, bf16 or fp32" in reason
+    assert status_main([str(sweep)]) == 0
+    printed = capsys.readouterr().out
+    assert "complete: 1  failed: 1  running/incomplete: 1  missing: 1" in printed and f"FAILED {failed_dir}" in printed
+
+
+@pytest.mark.parametrize("override, named", [
+    (None, "hydra.launcher.partition is not set"),
+    ("hydra.launcher.partiton=gpu", "partiton"),
+])
+def test_launcher_misconfiguration_fails_before_anything_is_submitted(tmp_path, slurm, override, named):
+    args = ["-m", *FAST, "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}", *([override] if override else [])]
+    completed = run_cli(*args, cwd=tmp_path, env=slurm, check=False)
+
+    assert completed.returncode != 0 and named in completed.stderr
+    assert not list(Path(slurm["FAKE_SLURM_DIR"]).iterdir())  # sbatch never ran

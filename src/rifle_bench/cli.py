@@ -33,6 +33,14 @@ def describe(cfg: DictConfig) -> str:
     return f"{cfg.dataset.name}/{cfg.model.name}/{cfg.regularizer.name}/{method}/seed={cfg.seed}"
 
 
+def failed_run(cfg: DictConfig, run_dir: Path, error: str) -> dict:
+    """The result.json of a run that failed: its reason and the keys that say which cell it is."""
+    return {"status": "failed", "error": error, "run_dir": str(run_dir),
+            "dataset": cfg.dataset.name, "model": cfg.model.name, "regularizer": cfg.regularizer.name,
+            "method": cfg.method.name, "variant": methods.variant(cfg.method), "seed": cfg.seed,
+            "epochs": cfg.trainer.epochs, "test_acc": None, "versions": versions()}
+
+
 def run_job(cfg: DictConfig) -> dict | None:
     """Run one job in Hydra's output directory: skip it if already complete, record a failure instead of raising."""
     started = psutil.Process().create_time()
@@ -47,10 +55,7 @@ def run_job(cfg: DictConfig) -> dict | None:
         with gpu_of_its_own(cfg.trainer.device):
             result = run(cfg, run_dir, started=time.perf_counter() - (time.time() - started))
     except Exception as error:
-        failure = {"status": "failed", "error": f"{type(error).__name__}: {error}", "run_dir": str(run_dir),
-                   "dataset": cfg.dataset.name, "model": cfg.model.name, "regularizer": cfg.regularizer.name,
-                   "method": cfg.method.name, "variant": methods.variant(cfg.method), "seed": cfg.seed,
-                   "epochs": cfg.trainer.epochs, "test_acc": None, "versions": versions()}
+        failure = failed_run(cfg, run_dir, f"{type(error).__name__}: {error}")
         write_atomic(run_dir / "error.log", traceback.format_exc())
         write_result(run_dir, failure)
         print(f"[FAILED] {name}: {failure['error']} (details: {run_dir / 'error.log'})", file=sys.stderr, flush=True)

@@ -2,8 +2,10 @@
 
 `python fake_slurm.py install BIN_DIR` writes the executables; they keep the queue's state in $FAKE_SLURM_DIR.
 sbatch runs each task of a job array at once, in the background, with the SLURM_* variables a real node sets.
-To test preemption, FAKE_SLURM_PREEMPT="TASK:GLOB" preempts array task TASK once, as soon as a file matches GLOB:
-SIGTERM then SIGUSR2 to its job step, as SLURM does; if the job asks `scontrol requeue`, it runs again.
+Events for tests, each "TASK:GLOB": it happens to array task TASK once a file matches GLOB.
+  FAKE_SLURM_PREEMPT  SIGTERM then SIGUSR2 to the job step, as SLURM does; if the job asks `scontrol requeue`,
+                      it runs again
+  FAKE_SLURM_OOM      SIGKILL to the job step, which ends in state OUT_OF_MEMORY
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def node(job_id: str, task: str) -> None:
            "SLURM_CPUS_PER_TASK": options.get("cpus-per-task", "1")}
     if task:
         env |= {"SLURM_ARRAY_JOB_ID": job_id, "SLURM_ARRAY_TASK_ID": task}
-    preempt_task, _, preempt_when = os.environ.get("FAKE_SLURM_PREEMPT", "").partition(":")
+    preempt, out_of_memory = (event_for(task, variable) for variable in ("FAKE_SLURM_PREEMPT", "FAKE_SLURM_OOM"))
     for restart in range(10):
         set_state(key, "RUNNING")
         output = expand(options["output"], env)
@@ -67,21 +69,29 @@ def node(job_id: str, task: str) -> None:
         with open(output, "a") as log:
             job = subprocess.Popen(["bash", str(script)], env=env | {"SLURM_RESTART_COUNT": str(restart)},
                                    stdout=log, stderr=subprocess.STDOUT)
-            if restart == 0 and task == preempt_task:
-                while job.poll() is None and not glob.glob(preempt_when):
+            if restart == 0 and (preempt or out_of_memory):
+                while job.poll() is None and not glob.glob(preempt or out_of_memory):
                     time.sleep(0.05)
                 if job.poll() is None:
                     step = int((state_dir() / f"{key}.step").read_text())
-                    for preemption_signal in (signal.SIGTERM, signal.SIGUSR2):
-                        os.kill(step, preemption_signal)
+                    for event_signal in (signal.SIGTERM, signal.SIGUSR2) if preempt else (signal.SIGKILL,):
+                        os.kill(step, event_signal)
             returncode = job.wait()
         requeue = state_dir() / f"{key}.requeue"
         if not requeue.exists():
             break
         requeue.unlink()
         set_state(key, "REQUEUED")
-    if get_state(key) != "CANCELLED":
+    if out_of_memory:
+        set_state(key, "OUT_OF_MEMORY")
+    elif get_state(key) != "CANCELLED":
         set_state(key, "COMPLETED" if returncode == 0 else "FAILED")
+
+
+def event_for(task: str, variable: str) -> str | None:
+    """The file glob that triggers the event of `variable` for this task, if the test asked for one."""
+    event_task, _, pattern = os.environ.get(variable, "").partition(":")
+    return pattern if event_task == task else None
 
 
 def srun(args: list[str]) -> None:
@@ -116,13 +126,9 @@ def squeue() -> None:
 
 
 def scancel(args: list[str]) -> None:
-    job_id, *rest = args
-    keys = [key for key, _ in all_states() if key == job_id or key.split("_")[0] == job_id]
-    for key in keys:
+    job_id = args[0]
+    for key in [key for key, _ in all_states() if job_id in (key, key.split("_")[0])]:
         step = state_dir() / f"{key}.step"
-        if rest[:1] == ["--signal"]:
-            os.kill(int(step.read_text()), getattr(signal, rest[1] if rest[1].startswith("SIG") else f"SIG{rest[1]}"))
-            continue
         set_state(key, "CANCELLED")
         if step.exists():
             os.kill(int(step.read_text()), signal.SIGTERM)

@@ -39,20 +39,24 @@ def results(sweep: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(sweep.glob("*/result.json"))]
 
 
-def test_slurm_job_array_runs_through_submitit_and_a_preempted_job_resumes(tmp_path, slurm):
+def test_slurm_job_array_through_submitit_a_preempted_job_resumes_and_a_killed_one_fails_alone(tmp_path, slurm):
     sweep = tmp_path / "sweep"
-    # Array task 0 runs seed 0; it is preempted (SIGTERM, SIGUSR2) once its first checkpoint exists.
-    env = slurm | {"FAKE_SLURM_PREEMPT": f"0:{sweep}/*seed=0*/checkpoint.pt"}
-    run_cli("-m", *FAST, "trainer.epochs=3", "seed=0,1", "hydra/launcher=slurm", "hydra.launcher.partition=fake",
-            "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=env)
+    # Array task 0 runs seed 0 and task 1 seed 1; once their first checkpoint exists, task 0 is preempted
+    # (SIGTERM, SIGUSR2) and task 1 is killed by the out-of-memory killer.
+    env = slurm | {"FAKE_SLURM_PREEMPT": f"0:{sweep}/*seed=0*/checkpoint.pt",
+                   "FAKE_SLURM_OOM": f"1:{sweep}/*seed=1*/checkpoint.pt"}
+    completed = run_cli("-m", *FAST, "trainer.epochs=3", "seed=0,1", "hydra/launcher=slurm",
+                        "hydra.launcher.partition=fake", "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}",
+                        cwd=tmp_path, env=env, check=False)
 
-    assert [(result["status"], result["seed"]) for result in results(sweep)] == [("done", 0), ("done", 1)]
-    assert {result["cpu_threads"] for result in results(sweep)} == {1}  # SLURM_CPUS_PER_TASK
+    assert "1 complete" in completed.stdout and "1 failed" in completed.stdout  # the sweep's closing report
+    [done, killed] = results(sweep)
+    assert (done["status"], done["seed"], done["cpu_threads"]) == ("done", 0, 1)  # threads: SLURM_CPUS_PER_TASK
+    assert (killed["status"], killed["seed"]) == ("failed", 1) and "OUT_OF_MEMORY" in killed["error"]
+    assert (Path(killed["run_dir"]) / "checkpoint.pt").exists()  # the same command resumes it
     script = next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
     for line in ("#SBATCH --array=0-1%2", "#SBATCH --partition=fake", "#SBATCH --gpus-per-node=1", "#SBATCH --requeue"):
         assert line in script
-    state = Path(slurm["FAKE_SLURM_DIR"])
-    assert sorted(path.name for path in state.glob("*.state")) == ["1000_0.state", "1000_1.state"]
     squeue = subprocess.run(["squeue"], env=os.environ | slurm, capture_output=True, text=True, check=True)
     assert squeue.stdout.splitlines()[1:] == []  # nothing left in the queue
 
@@ -87,7 +91,8 @@ def test_local_parallel_sweep_isolates_a_failing_cell_and_status_counts_every_ki
 
 @pytest.mark.parametrize("override, named", [
     (None, "hydra.launcher.partition is not set"),
-    ("hydra.launcher.partiton=gpu", "partiton"),
+    ("hydra.launcher.partiton=gpu", "partiton"),  # a typo of a key: Hydra's own check
+    ("+hydra.launcher.gpus=2", "hydra.launcher.gpus is not a setting"),  # a key added: the launcher's check
 ])
 def test_launcher_misconfiguration_fails_before_anything_is_submitted(tmp_path, slurm, override, named):
     args = ["-m", *FAST, "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}", *([override] if override else [])]
@@ -95,3 +100,4 @@ def test_launcher_misconfiguration_fails_before_anything_is_submitted(tmp_path, 
 
     assert completed.returncode != 0 and named in completed.stderr
     assert not list(Path(slurm["FAKE_SLURM_DIR"]).iterdir())  # sbatch never ran
+    assert not (tmp_path / "sweep").exists()  # nor did the sweep start

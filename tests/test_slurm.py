@@ -7,13 +7,16 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import joblib
 import pytest
+import torch
 
 import fake_slurm
 from conftest import TINY, run_cli
+from rifle_bench.resources import gpu_of_its_own
 from rifle_bench.status import main as status_main
 from rifle_bench.status import sweep_status
 
@@ -65,7 +68,9 @@ def test_slurm_job_array_through_submitit_a_preempted_job_resumes_and_a_killed_o
     assert "resuming" in preempted and "after epoch" in preempted and "Job completed successfully" in preempted
 
 
-def test_local_parallel_sweep_isolates_a_failing_cell_and_status_counts_every_kind_of_cell(tmp_path, capsys):
+def test_local_parallel_sweep_isolates_a_failing_cell_and_status_counts_every_kind_of_cell(tmp_path, capsys,
+                                                                                           monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # else the workers inherit it instead of their share
     sweep = tmp_path / "sweep"
     completed = run_cli("-m", *TINY, "trainer.epochs=1", "trainer.precision=fp32,bf15", "hydra/launcher=local",
                         "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
@@ -87,6 +92,19 @@ def test_local_parallel_sweep_isolates_a_failing_cell_and_status_counts_every_ki
     assert status_main([str(sweep)]) == 0
     printed = capsys.readouterr().out
     assert "complete: 1  failed: 1  running/incomplete: 1  missing: 1" in printed and f"FAILED {failed_dir}" in printed
+
+
+def test_parallel_jobs_on_a_machine_with_several_gpus_take_one_each(tmp_path, monkeypatch):
+    chosen = []
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    with gpu_of_its_own("auto"), gpu_of_its_own("cuda"), gpu_of_its_own("auto"):  # three jobs at once
+        pass
+    with gpu_of_its_own("auto"), gpu_of_its_own("cpu"):  # the first slot is free again; a CPU job takes none
+        pass
+    assert chosen == [0, 1, 0, 0]
 
 
 @pytest.mark.parametrize("override, named", [

@@ -1,6 +1,7 @@
-"""hydra-submitit-launcher's SLURM launcher, with two changes for sweeps of hundreds of jobs:
+"""hydra-submitit-launcher's SLURM launcher, with three changes for sweeps of hundreds of jobs:
 
 - it refuses to submit anything while the partition is unset or a setting is unknown;
+- it submits a sweep larger than SLURM's default MaxArraySize (1001) as several job arrays;
 - a job that SLURM ends without a result (out of memory, cancelled, node lost without requeue) becomes a failed
   cell, recorded in its run directory, instead of an exception that abandons the rest of the sweep. Running the
   same command again resumes such a cell from its last checkpoint.
@@ -22,6 +23,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
+MAX_ARRAY_SIZE = 1000
 
 
 class LauncherConfigError(CompactHydraException):  # compact: Hydra prints the message alone
@@ -61,7 +63,8 @@ class RifleSlurmLauncher(SlurmLauncher):
         for number, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
             jobs_params.append((list(overrides), "hydra.sweep.dir", number, f"job_id_for_{number}", Singleton.get_state()))
-        jobs = executor.map_array(self, *zip(*jobs_params))
+        jobs = [job for start in range(0, len(jobs_params), MAX_ARRAY_SIZE)
+                for job in executor.map_array(self, *zip(*jobs_params[start:start + MAX_ARRAY_SIZE]))]
         return [self._job_return(job, overrides) for job, overrides in zip(jobs, job_overrides)]
 
     def _job_return(self, job, overrides: Sequence[str]) -> JobReturn:

@@ -38,7 +38,8 @@ def prepare(dataset_cfg, resize: int, cache_root: str | Path, workers: int | Non
                                               subset_per_class=dataset_cfg.get("subset_per_class"),
                                               subset_seed=dataset_cfg.get("subset_seed", 0)) for split in SPLITS}
         # Before decoding: a num_classes that does not fit the files should not cost a pass over every image.
-        _check_labels(dataset_cfg, {split: [label for _, label in listing.samples] for split, listing in listings.items()})
+        _check_labels(dataset_cfg, {split: [label for _, label in listing.samples]
+                                    for split, listing in listings.items()})
         splits = {split: _files_split(dataset_cfg, split, listing, resize, cache_root, workers)
                   for split, listing in listings.items()}
         _check_skipped(dataset_cfg, splits, listings)

@@ -90,7 +90,7 @@ def default_run_breakdown() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10, help="SGD steps per timed epoch")
+    parser.add_argument("--steps", type=int, default=32, help="SGD steps per timed epoch (32: the default run's epoch)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--cases", default="all", help="'all' or 'mobilenet_v2' / 'resnet18' to keep one model")
     parser.add_argument("--skip-default-run", action="store_true")

@@ -1,10 +1,10 @@
 """Explicit regularizers, exactly as in the RIFLE authors' PyTorch code.
 
 l2:   SGD weight decay on every parameter.
-l2sp: no weight decay; the loss gains alpha * 0.5 * ||w - w0||^2 over the backbone (w0 = the pre-trained
-      weights, BatchNorm included) + beta * 0.5 * ||w_head||^2. The penalty is applied as its exact gradient,
-      alpha * (w - w0) and beta * w_head, added with fused multi-tensor ops after backward: the same update
-      as differentiating the loss term, without a per-parameter loop of small kernels each step.
+l2sp: no weight decay; the loss gains alpha/2 * ||w - w0||^2 over the backbone (w0 = the pre-trained weights,
+      BatchNorm included) + beta/2 * ||w_head||^2. Its gradient, alpha*w - alpha*w0 on the backbone and beta*w on
+      the head, is applied without a loop of small kernels: the w terms as the SGD groups' weight decay (the
+      optimizer's own fused pass), the constant -alpha*w0 with one fused multi-tensor add after backward.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ class L2:
     def __init__(self, weight_decay: float = 1e-4):
         self.weight_decay = weight_decay
 
-    def attach(self, model: Classifier) -> None:
-        pass
+    def param_groups(self, model: Classifier) -> list[dict]:
+        return [{"params": list(model.backbone.parameters()), "weight_decay": self.weight_decay},
+                {"params": list(model.head.parameters()), "weight_decay": self.weight_decay}]
 
     def add_gradients(self) -> None:
         pass
@@ -29,26 +30,19 @@ class L2:
 
 
 class L2SP:
-    weight_decay = 0.0
-
     def __init__(self, alpha: float = 0.01, beta: float = 1e-4):
         self.alpha, self.beta = alpha, beta
 
-    def attach(self, model: Classifier) -> None:
-        """Remember the starting point w0 of the backbone: call after loading the pre-trained weights."""
-        self.backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    def param_groups(self, model: Classifier) -> list[dict]:
+        """Call once the pre-trained weights are loaded: they become the starting point w0."""
+        self.backbone = list(model.backbone.parameters())
+        self.head = list(model.head.parameters())
         self.starting_point = [p.detach().clone() for p in self.backbone]
-        self.head = [p for p in model.head.parameters() if p.requires_grad]
+        self.pull = torch._foreach_mul(self.starting_point, -self.alpha)
+        return [{"params": self.backbone, "weight_decay": self.alpha}, {"params": self.head, "weight_decay": self.beta}]
 
     def add_gradients(self) -> None:
-        backbone = [p for p in self.backbone if p.grad is not None]
-        if backbone:
-            anchors = [w0 for p, w0 in zip(self.backbone, self.starting_point) if p.grad is not None]
-            torch._foreach_add_([p.grad for p in backbone], torch._foreach_sub([p.detach() for p in backbone], anchors),
-                                alpha=self.alpha)
-        head = [p for p in self.head if p.grad is not None]
-        if head:
-            torch._foreach_add_([p.grad for p in head], [p.detach() for p in head], alpha=self.beta)
+        torch._foreach_add_([p.grad for p in self.backbone], self.pull)
 
     @torch.no_grad()
     def penalty(self) -> float:

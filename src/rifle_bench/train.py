@@ -48,10 +48,8 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
     regularizer = regularizers.build(cfg.regularizer)
     channels_last = trainer.channels_last
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    regularizer.attach(model)
-    optimizer = torch.optim.SGD(
-        [{"params": list(model.backbone.parameters())}, {"params": list(model.head.parameters())}],
-        lr=trainer.lr, momentum=trainer.momentum, weight_decay=regularizer.weight_decay)
+    # Param groups: backbone, then head (methods may give them different learning rates).
+    optimizer = torch.optim.SGD(regularizer.param_groups(model), lr=trainer.lr, momentum=trainer.momentum)
     compiled = trainer.compile and device.type == "cuda"  # CPU compile costs minutes of start-up for little gain
     if trainer.compile and not compiled:
         log.warning("trainer.compile=true is ignored on %s: the model runs eagerly", device)

@@ -4,7 +4,8 @@ Training batches follow the paper's augmentation exactly: a crop at a uniformly 
 resized image (torchvision RandomCrop) and a horizontal flip with probability 0.5; test batches take the
 center crop (torchvision CenterCrop). A background thread copies each crop (flipped or not) from the memory
 map into one uint8 batch, already in the layout the model reads (NCHW or channels_last); normalization runs
-batched, in one fused pass, on the training device (in the background thread too when that is the CPU).
+batched, in one fused pass, on the training device, in the training thread (a second thread of tensor ops
+would fight the training step's OpenMP threads for the cores).
 The random stream of epoch e depends only on (seed, e), so a resumed run sees the same batches as an
 uninterrupted one.
 """
@@ -49,18 +50,10 @@ class ImageBatches:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one pass, (images float NCHW normalized, labels int64), on the device."""
         plans = self._plans(np.random.default_rng([self.seed, epoch]))
-        for images, labels in _prefetched(self._host_batches(plans), self.prefetch):
-            if self.device.type != "cpu":
-                images = self._normalize(images.to(self.device, non_blocking=True))
-                labels = labels.to(self.device, non_blocking=True)
-            yield images, labels
-
-    def _host_batches(self, plans: list) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """What the prefetch thread prepares: for an accelerator, uint8 batches (a quarter of the bytes to copy;
-        it normalizes them itself); for the CPU, finished batches (normalizing here overlaps the training step)."""
-        for plan in plans:
-            pixels, labels = self._gather(plan)
-            yield (self._normalize(pixels) if self.device.type == "cpu" else pixels), labels
+        for pixels, labels in _prefetched(map(self._gather, plans), self.prefetch):
+            # uint8 travels to the device: a quarter of the bytes of a float batch.
+            images = self._normalize(pixels.to(self.device, non_blocking=True))
+            yield images, labels.to(self.device, non_blocking=True)
 
     def _batch_indices(self, rng: np.random.Generator) -> list[np.ndarray]:
         n = len(self.split)

@@ -119,3 +119,12 @@ def test_launcher_misconfiguration_fails_before_anything_is_submitted(tmp_path, 
     assert completed.returncode != 0 and named in completed.stderr
     assert not list(Path(slurm["FAKE_SLURM_DIR"]).iterdir())  # sbatch never ran
     assert not (tmp_path / "sweep").exists()  # nor did the sweep start
+
+
+def test_small_sweep_through_submitit_local_completes_with_its_tables(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli("-m", *FAST, "trainer.epochs=1", "seed=0,1", "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert [(r["status"], r["seed"]) for r in results(sweep)] == [("done", 0), ("done", 1)]
+    assert list((sweep / ".submitit").glob("*/*_log.out"))  # the jobs ran through submitit's executor
+    assert (sweep / "results.csv").exists() and (sweep / "table1.md").exists()

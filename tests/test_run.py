@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from conftest import TINY, run_cli
 from rifle_bench import train
+from rifle_bench.resources import peak_rss_mb
 from rifle_bench.results import COMPLETED_FILE, METRICS_COLUMNS
 
 
@@ -89,17 +92,38 @@ def test_unknown_group_option_lists_the_choices(tmp_path):
     assert "rifle_c" in completed.stderr and "rifle_a" in completed.stderr and "disturb_label" in completed.stderr
 
 
+def test_peak_memory_is_the_jobs_own_not_its_launchers():
+    hog = torch.ones(500 * 2**18)  # 500 MB held by this process, the launcher of the next one
+    child = subprocess.run([sys.executable, "-c", "from rifle_bench.resources import peak_rss_mb; print(peak_rss_mb())"],
+                           capture_output=True, text=True, check=True)
+    # ru_maxrss would report at least this process's memory (taken over at fork); the job itself is far smaller.
+    assert 10 < float(child.stdout) < peak_rss_mb() - 400
+    del hog
+
+
 def test_random_init_runs_offline(compose_cfg, tmp_path):
     result = train.run(compose_cfg(*TINY, "model.weights=null", "trainer.epochs=1"), tmp_path)
     assert result["weights"] is None and result["status"] == "done"
 
 
-def test_gpu_options_compose_and_fall_back_cleanly_on_cpu(compose_cfg, tmp_path):
-    cfg = compose_cfg(*TINY, "trainer.epochs=1", "trainer.compile=true", "trainer.precision=bf16",
-                      "trainer.channels_last=false", "trainer.deterministic=true", "trainer.eval_every=1")
+@pytest.mark.parametrize(("options", "expected"), [
+    (["trainer.compile=true"], {"compiled": False}),
+    (["trainer.precision=bf16"], {"precision": "fp32"}),
+    (["trainer.precision=auto"], {"precision": "fp32"}),
+    (["trainer.channels_last=true"], {"channels_last": True}),
+    (["trainer.channels_last=false"], {"channels_last": False}),
+    (["trainer.deterministic=true"], {"deterministic": True}),
+    (["trainer.workers=3"], {"workers": 3}),
+    (["trainer.compile=true", "trainer.precision=bf16", "trainer.channels_last=false", "trainer.deterministic=true",
+      "trainer.workers=3"], {"compiled": False, "precision": "fp32", "channels_last": False}),
+])
+def test_gpu_options_compose_and_fall_back_cleanly_on_cpu(compose_cfg, tmp_path, caplog, options, expected):
+    cfg = compose_cfg(*TINY, "trainer.epochs=1", "trainer.device=cpu", *options)
     result = train.run(cfg, tmp_path)
-    assert (result["device"], result["compiled"], result["precision"], result["channels_last"]) == \
-        ("cpu", False, "fp32", False)
+    recorded = result["config"]["trainer"] | result  # what the run did, else what it was asked
+    assert result["status"] == "done" and result["device"] == "cpu" and 0 <= result["test_acc"] <= 100
+    assert {key: recorded[key] for key in expected} == expected
+    assert ("trainer.compile=true is ignored on cpu" in caplog.text) == ("trainer.compile=true" in options)
 
 
 def test_cuda_requested_without_a_gpu_is_a_clear_error(compose_cfg, tmp_path):

@@ -6,6 +6,8 @@ import fcntl
 import getpass
 import itertools
 import os
+import resource
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +31,26 @@ def use_cpu_threads(requested: int | None) -> int:
         threads = min(torch.get_num_threads(), len(os.sched_getaffinity(0)))
     torch.set_num_threads(threads)
     return threads
+
+
+def image_threads(requested: int | None) -> int:
+    """Threads for image work (decoding a cache, assembling batches for a GPU): `requested`, else the CPUs this
+    job may run on (its SLURM or cgroup CPU set, not the machine's core count), at most 8."""
+    return requested or min(8, len(os.sched_getaffinity(0)))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Linux: VmHWM of the process's own address space. Its ru_maxrss would also count the memory of the parent
+    that forked it (a launcher, a benchmark script) before exec, and report that instead of the job's.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB elsewhere
 
 
 @contextmanager

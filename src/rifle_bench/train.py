@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,6 +17,7 @@ from rifle_bench import data, methods, models, regularizers
 from rifle_bench.checkpoint import load_checkpoint, save_checkpoint
 from rifle_bench.data.loader import ImageBatches
 from rifle_bench.methods.base import cosine
+from rifle_bench.resources import image_threads, peak_rss_mb
 from rifle_bench.results import mark_completed, versions, write_metrics, write_result
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,11 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
         log.warning("trainer.compile=true is ignored on %s: the model runs eagerly", device)
     forward = torch.compile(model) if compiled else model
     autocast = _autocast(trainer.precision, device)
+    # On CPU one thread assembles batches (the cores are busy training); a GPU needs several to keep up.
+    batch_threads = 1 if device.type == "cpu" else image_threads(trainer.workers)
     batches = {split: ImageBatches(getattr(splits, split), crop=trainer.crop, batch_size=trainer.batch_size,
                                    train=split == "train", device=device, seed=cfg.seed,
-                                   channels_last=channels_last) for split in ("train", "test")}
+                                   channels_last=channels_last, threads=batch_threads) for split in ("train", "test")}
     timings["model_s"] = time.perf_counter() - clock
 
     epochs = trainer.epochs
@@ -115,7 +117,6 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
     bar.close()
 
     final = rows[-1]
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     timings.update(train_s=train_s, eval_s=eval_s, write_s=write_s)
     return {
         "status": "done", "error": None,
@@ -125,8 +126,8 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
         "train_loss": final["train_loss"], "n_train": len(splits.train), "n_test": len(splits.test),
         "num_classes": splits.num_classes, "skipped_images": splits.skipped,
         "train_s": round(train_s, 3), "eval_s": round(eval_s, 3), "timings": {k: round(v, 3) for k, v in timings.items()},
-        "peak_rss_mb": round(peak_rss_mb, 1), "device": str(device), "precision": _precision_name(autocast),
-        "channels_last": channels_last, "compiled": compiled,
+        "peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": _peak_gpu_mb(device),
+        "device": str(device), "precision": _precision_name(autocast), "channels_last": channels_last, "compiled": compiled,
         "config": {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
                    for key in cfg if key != "hydra"}, "versions": versions(),
     }
@@ -176,6 +177,10 @@ def _autocast(precision: str, device: torch.device):
             raise RuntimeError("trainer.precision=bf16 but this GPU does not support bfloat16: use auto or fp32")
         return nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def _peak_gpu_mb(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
 
 
 def _precision_name(autocast) -> str:

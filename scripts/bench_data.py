@@ -7,6 +7,8 @@ random content so the files have realistic sizes) in the official CUB_200_2011 l
       Normalize) through a DataLoader with 2 workers, batch 32: the pipeline of the authors' code;
   (b) rifle-bench: prepare (warm decode-once cache) + ImageBatches on the CPU, batch 32, in the trainer's
       default channels_last layout and in NCHW;
+  (c) rifle-bench's batch assembly alone, with 1 and with --threads threads: the uint8 batches a GPU run
+      receives (normalization then runs on the GPU), to show how fast a GPU can be fed;
 and the one-off cache build. Each pipeline runs --repeats times, the fastest epoch counts (the machine may
 be shared: the load average is printed). The last line printed is `speedup_vs_imagefolder=<x>`, (b) in
 channels_last over (a).
@@ -129,11 +131,22 @@ def rifle_bench_epoch(cfg, cache_root: Path, channels_last: bool) -> tuple[int, 
     return delivered, time.perf_counter() - start
 
 
+def assembly_epoch(cfg, cache_root: Path, threads: int) -> tuple[int, float]:
+    """rifle-bench's batch assembly for a GPU run: prepare (a cache hit) + uint8 channels_last batches."""
+    start = time.perf_counter()
+    splits = data.prepare(cfg, RESIZE, cache_root)
+    batches = ImageBatches(splits.train, crop=CROP, batch_size=BATCH, train=True, device=torch.device("cpu"),
+                           channels_last=True, threads=threads)
+    delivered = sum(len(labels) for _, labels in batches.host_batches(0))
+    return delivered, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path,
                         help="folder for the generated dataset, reused by later runs (default: a temp dir)")
     parser.add_argument("--repeats", type=int, default=2, help="epochs timed per pipeline; the fastest counts")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="assembly threads for (c)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_data_") as scratch:
@@ -154,6 +167,9 @@ def main() -> None:
             "(a) ImageFolder + PIL, DataLoader 2 workers": lambda: imagefolder_epoch(root, train_paths),
             "(b) rifle-bench, warm cache, channels_last": lambda: rifle_bench_epoch(cfg, cache_root, True),
             "(b) rifle-bench, warm cache, NCHW": lambda: rifle_bench_epoch(cfg, cache_root, False),
+            "(c) batch assembly for a GPU, 1 thread": lambda: assembly_epoch(cfg, cache_root, 1),
+            f"(c) batch assembly for a GPU, {args.threads} threads":
+                lambda: assembly_epoch(cfg, cache_root, args.threads),
         }
         rates = {}
         print(f"{'one training epoch, batch 32':<46} {'images':>6}  {'seconds':>9}  {'img/s':>6}")

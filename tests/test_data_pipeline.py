@@ -362,14 +362,15 @@ def test_batches_depend_only_on_seed_and_epoch(tmp_path):
     n = 20
     split = synthetic_split(tmp_path, [position_coded_image(12, 14, i) for i in range(n)], list(range(n)))
 
-    def epoch(seed: int, number: int) -> list[torch.Tensor]:
-        batches = ImageBatches(split, crop=8, batch_size=6, train=True, device=CPU, seed=seed)
+    def epoch(seed: int, number: int, threads: int = 1) -> list[torch.Tensor]:
+        batches = ImageBatches(split, crop=8, batch_size=2, train=True, device=CPU, seed=seed, threads=threads)
         return [tensor for batch in batches.epoch(number) for tensor in batch]
 
     def same(a, b):
         return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
     assert same(epoch(0, 1), epoch(0, 1))
+    assert same(epoch(0, 1), epoch(0, 1, threads=4))  # several assembling threads keep the order
     assert not same(epoch(0, 1), epoch(0, 2)) and not same(epoch(0, 1), epoch(1, 1))
 
 
@@ -391,15 +392,33 @@ def test_an_epoch_delivers_every_image_once(tmp_path, n, train, expected_batches
         assert (unnormalize(images)[..., 2] == batch_labels.view(-1, 1, 1).numpy()).all()
 
 
-def test_leaving_an_epoch_early_stops_the_prefetch_thread(tmp_path):
+def test_leaving_an_epoch_early_stops_the_batch_threads(tmp_path):
     split = synthetic_split(tmp_path, [position_coded_image(10, 10, i) for i in range(40)], list(range(40)))
     before = threading.active_count()
-    for _ in ImageBatches(split, crop=8, batch_size=2, train=True, device=CPU, prefetch=1).epoch(0):
-        break
-    assert threading.active_count() == before
+    for threads in (1, 3):
+        for _ in ImageBatches(split, crop=8, batch_size=2, train=True, device=CPU, threads=threads).epoch(0):
+            assert threading.active_count() > before
+            break
+        assert threading.active_count() == before
 
 
 def test_a_crop_larger_than_the_cached_images_is_refused(tmp_path):
     split = synthetic_split(tmp_path, [position_coded_image(10, 12, 0)], [0])
     with pytest.raises(ValueError, match="crop 11 is larger than the smallest cached image side"):
         ImageBatches(split, crop=11, batch_size=1, train=True, device=CPU)
+
+
+def test_an_error_while_assembling_a_batch_reaches_the_training_loop(tmp_path, monkeypatch):
+    split = synthetic_split(tmp_path, [position_coded_image(10, 10, i) for i in range(8)], list(range(8)))
+    readable = split.image
+
+    def image(i: int) -> np.ndarray:
+        if i == 5:
+            raise OSError("Input/output error reading the cache")
+        return readable(i)
+
+    monkeypatch.setattr(split, "image", image)
+    batches = ImageBatches(split, crop=8, batch_size=2, train=False, device=CPU, threads=2)
+    with pytest.raises(OSError, match="Input/output error"):
+        for _ in batches.epoch(0):
+            pass

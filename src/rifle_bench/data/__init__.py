@@ -16,6 +16,7 @@ from tqdm import tqdm
 from rifle_bench.data import animals, sources
 from rifle_bench.data.cache import CachedSplit, fingerprint, load_or_build
 from rifle_bench.data.sources import DatasetError
+from rifle_bench.resources import image_threads
 
 SPLITS = ("train", "test")
 
@@ -30,7 +31,7 @@ class Splits:
 
 def prepare(dataset_cfg, resize: int, cache_root: str | Path, workers: int | None = None) -> Splits:
     """The dataset's splits, decoded once with the shorter edge resized to `resize` and cached under `cache_root`."""
-    workers = workers or min(8, os.cpu_count() or 1)
+    workers = image_threads(workers)
     if dataset_cfg.name == "animals":
         splits = {split: _animals_split(dataset_cfg, split, resize, cache_root) for split in SPLITS}
     else:

@@ -2,19 +2,20 @@
 
 Training batches follow the paper's augmentation exactly: a crop at a uniformly random position of the
 resized image (torchvision RandomCrop) and a horizontal flip with probability 0.5; test batches take the
-center crop (torchvision CenterCrop). A background thread copies each crop (flipped or not) from the memory
-map into one uint8 batch, already in the layout the model reads (NCHW or channels_last); normalization runs
-batched, in one fused pass, on the training device, in the training thread (a second thread of tensor ops
-would fight the training step's OpenMP threads for the cores).
+center crop (torchvision CenterCrop). Background threads copy each crop (flipped or not) from the memory
+map into one uint8 batch, already in the layout the model reads (NCHW or channels_last), a few batches ahead
+of the training step (numpy releases the GIL for these copies, so several threads keep up with a fast GPU);
+normalization runs batched, in one fused pass, on the training device, in the training thread (a second
+thread of tensor ops would fight the training step's OpenMP threads for the cores).
 The random stream of epoch e depends only on (seed, e), so a resumed run sees the same batches as an
 uninterrupted one.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -27,13 +28,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class ImageBatches:
     def __init__(self, split: CachedSplit, *, crop: int, batch_size: int, train: bool, device: torch.device,
-                 seed: int = 0, channels_last: bool = False, prefetch: int = 2):
+                 seed: int = 0, channels_last: bool = False, threads: int = 1, prefetch: int = 2):
         smallest = int(split.index[:, 1:].min()) if len(split) else 0
         if smallest < crop:
             raise ValueError(f"crop {crop} is larger than the smallest cached image side ({smallest} px): "
                              f"set a resize >= crop for this dataset")
         self.split, self.crop, self.batch_size, self.train = split, crop, batch_size, train
-        self.device, self.seed, self.prefetch, self.channels_last = device, seed, prefetch, channels_last
+        self.device, self.seed, self.channels_last = device, seed, channels_last
+        self.threads, self.prefetch = threads, max(prefetch, threads)
         self.labels = torch.from_numpy(np.asarray(split.labels))
         # ToTensor + Normalize as one multiply-add, x * scale + shift (within 5e-7 of torchvision's result),
         # spelled out per pixel in the batch's layout, so that the op broadcasts over the batch dimension only.
@@ -49,11 +51,15 @@ class ImageBatches:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of one pass, (images float NCHW normalized, labels int64), on the device."""
-        plans = self._plans(np.random.default_rng([self.seed, epoch]))
-        for pixels, labels in _prefetched(map(self._gather, plans), self.prefetch):
+        for pixels, labels in self.host_batches(epoch):
             # uint8 travels to the device: a quarter of the bytes of a float batch.
             images = self._normalize(pixels.to(self.device, non_blocking=True))
             yield images, labels.to(self.device, non_blocking=True)
+
+    def host_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The same pass before normalization: (uint8 images NCHW, labels int64) in host memory (pinned for a GPU)."""
+        plans = self._plans(np.random.default_rng([self.seed, epoch]))
+        return _in_background(self._gather, plans, self.threads, self.prefetch)
 
     def _batch_indices(self, rng: np.random.Generator) -> list[np.ndarray]:
         n = len(self.split)
@@ -103,36 +109,16 @@ class ImageBatches:
         return torch.addcmul(self.shift, images, self.scale, out=images)
 
 
-def _prefetched(items: Iterator, depth: int) -> Iterator:
-    """Run `items` in a background thread, `depth` ahead of the consumer (overlaps batch assembly with compute)."""
-    if depth <= 0:
-        yield from items
-        return
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce():
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                buffer.put(item)
-        except BaseException as error:  # re-raised in the consumer
-            buffer.put(error)
-        buffer.put(done)
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
+def _in_background(function: Callable, items: Iterable, threads: int, depth: int) -> Iterator:
+    """function(item) for each item, in order, run by `threads` threads up to `depth` items ahead of the consumer."""
+    pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="batches")
+    pending: deque = deque()
     try:
-        while (item := buffer.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                buffer.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.01)
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # also when the consumer leaves early: drop what is queued, join the threads
+        pool.shutdown(wait=True, cancel_futures=True)

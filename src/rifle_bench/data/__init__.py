@@ -76,8 +76,9 @@ def _files_split(cfg, split: str, listing: sources.Source, resize: int, cache_ro
         return [label for _, label in listing.samples], lambda i: decode_resized(
             paths[i], resize, cfg.name, skip_corrupt=cfg.get("skip_corrupt", False))
 
+    # delay: a cache hit returns at once and shows no bar.
     with tqdm(total=len(paths), desc=f"caching {cfg.name}/{split}", unit="img", leave=False,
-              mininterval=1.0) as bar:
+              mininterval=1.0, delay=0.5) as bar:
         return load_or_build(cache_root, dataset=cfg.name, split=split, resize=resize,
                              fingerprint_=fingerprint(key), source=source, workers=workers, progress=bar.update)
 

@@ -9,11 +9,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import torch
 
 from conftest import TINY, run_cli
+from rifle_bench import checkpoint
+from rifle_bench.checkpoint import CheckpointWriter, load_checkpoint
 
 # RIFLE re-initializes the head at epoch 3 of 4: the resumed part needs the restored RNG and schedule.
 # One thread: fast on a busy machine, and the same float reduction order in every run.
@@ -77,3 +81,43 @@ def test_a_truncated_checkpoint_is_reported_and_the_run_starts_over(reference, t
 
 def test_keep_checkpoint_keeps_it_once_the_run_is_complete(reference):
     assert (reference / "COMPLETED").exists() and (reference / "checkpoint.pt").exists()
+
+
+def test_a_checkpoint_holds_the_state_when_it_was_saved_although_training_goes_on(tmp_path, monkeypatch):
+    trained_on, write = threading.Event(), checkpoint._write
+    monkeypatch.setattr(checkpoint, "_write", lambda *args: trained_on.wait(10) and write(*args))
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(2, 4)).sum().backward()
+    optimizer.step()
+    saved = {key: value.clone() for key, value in model.state_dict().items()}
+    momentum = optimizer.state[model.weight]["momentum_buffer"].clone()
+    with CheckpointWriter(tmp_path) as checkpoints:
+        checkpoints.save(model, optimizer, [{"epoch": 1}], 0.0, {"run": 1})
+        for _ in range(3):  # the next epoch trains before the checkpoint is written
+            optimizer.step()
+        trained_on.set()
+    assert not torch.equal(model.weight, saved["weight"])
+
+    restored = torch.nn.Linear(4, 3)
+    restored_optimizer = torch.optim.SGD(restored.parameters(), lr=0.1, momentum=0.9)
+    state = load_checkpoint(tmp_path, restored, restored_optimizer, {"run": 1})
+    assert state["rows"] == [{"epoch": 1}]
+    assert all(torch.equal(restored.state_dict()[key], value) for key, value in saved.items())
+    assert torch.equal(restored_optimizer.state[restored.weight]["momentum_buffer"], momentum)
+
+
+def test_a_failed_checkpoint_write_fails_the_run_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with CheckpointWriter(tmp_path) as checkpoints:
+        checkpoints.save(model, optimizer, [{"epoch": 1}], 0.0, {})
+    previous = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"), CheckpointWriter(tmp_path) as checkpoints:
+        checkpoints.save(model, optimizer, [{"epoch": 1}, {"epoch": 2}], 0.0, {})
+    assert (tmp_path / "checkpoint.pt").read_bytes() == previous

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +21,62 @@ from rifle_bench.results import CHECKPOINT_FILE, write_atomic
 log = logging.getLogger(__name__)
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, rows: list[dict], eval_s: float, fingerprint: dict) -> None:
-    state = {
-        "fingerprint": fingerprint, "rows": rows, "eval_s": eval_s,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-    }
+class CheckpointWriter:
+    """Saves a checkpoint after each epoch without holding up training.
+
+    `save` copies the state to host memory (the live tensors keep training) and returns; a background thread
+    serializes it and writes it atomically. One write is in flight at most: the next `save`, and leaving the
+    `with` block, wait for it and re-raise its error. A run killed mid-write keeps the previous checkpoint.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.run_dir, self.enabled = Path(run_dir), enabled
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="checkpoint") if enabled else None
+        self._pending: Future | None = None
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._thread:
+            try:
+                self.wait()
+            finally:
+                self._thread.shutdown()
+
+    def save(self, model, optimizer, rows: list[dict], eval_s: float, fingerprint: dict) -> None:
+        if not self.enabled:
+            return
+        self.wait()
+        state = {
+            "fingerprint": fingerprint, "rows": list(rows), "eval_s": eval_s,
+            "model": _to_host(model.state_dict()), "optimizer": _to_host(optimizer.state_dict()),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+        self._pending = self._thread.submit(_write, self.run_dir / CHECKPOINT_FILE, state)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+
+def _to_host(state):
+    """A copy of a state dict's tensors in CPU memory, detached from the ones training updates."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {key: _to_host(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_to_host(value) for value in state)
+    return state
+
+
+def _write(path: Path, state: dict) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_atomic(Path(run_dir) / CHECKPOINT_FILE, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def load_checkpoint(run_dir: Path, model, optimizer, fingerprint: dict) -> dict | None:

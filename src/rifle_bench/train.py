@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from rifle_bench import data, methods, models, regularizers
-from rifle_bench.checkpoint import load_checkpoint, save_checkpoint
+from rifle_bench.checkpoint import CheckpointWriter, load_checkpoint
 from rifle_bench.data.loader import ImageBatches
 from rifle_bench.methods.base import cosine
 from rifle_bench.resources import image_threads, peak_rss_mb
@@ -70,50 +70,53 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
     write_s = 0.0
     bar = tqdm(total=epochs * len(batches["train"]), initial=len(rows) * len(batches["train"]), unit="step",
                desc=f"{cfg.dataset.name}/{cfg.method.name}/s{cfg.seed}", dynamic_ncols=True, disable=None)
-    for epoch in range(len(rows), epochs):
-        epoch_clock = time.perf_counter()
-        reinit = method.start_epoch(epoch, epochs, model, optimizer)
-        scheduled = cosine(epoch, epochs, trainer.lr) if trainer.schedule == "cosine" else trainer.lr
-        lrs = method.learning_rates(epoch, epochs, trainer.lr, scheduled)
-        for group, lr in zip(optimizer.param_groups, lrs):
-            group["lr"] = lr
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        for images, labels in batches["train"].epoch(epoch):
-            targets = method.targets(labels, splits.num_classes)
-            with autocast:
-                logits = forward(images)
-                loss = F.cross_entropy(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            regularizer.add_gradients()
-            optimizer.step()
-            loss_sum += loss.detach() * len(labels)
-            correct += (logits.argmax(1) == labels).sum()
-            seen += len(labels)
-            bar.update()
-        train_loss = loss_sum.item() / seen  # the epoch's one host sync
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower trainer.lr "
-                                   f"or check the data")
-        row = {"epoch": epoch + 1, "lr_backbone": lrs[0], "lr_head": lrs[1], "head_reinit": int(reinit),
-               "train_loss": round(train_loss, 6), "train_acc": round(100.0 * correct.item() / seen, 4),
-               "test_acc": None, "penalty": round(regularizer.penalty(), 6)}
-        row["epoch_s"] = round(time.perf_counter() - epoch_clock, 4)
-        train_s += row["epoch_s"]
-        if _evaluate_now(epoch, epochs, trainer.eval_every):
-            eval_clock = time.perf_counter()
-            row["test_acc"] = round(evaluate(model, batches["test"], autocast), 4)
-            eval_s += time.perf_counter() - eval_clock
-        rows.append(row)
+    with CheckpointWriter(run_dir, enabled=trainer.checkpoint) as checkpoints:
+        for epoch in range(len(rows), epochs):
+            epoch_clock = time.perf_counter()
+            reinit = method.start_epoch(epoch, epochs, model, optimizer)
+            scheduled = cosine(epoch, epochs, trainer.lr) if trainer.schedule == "cosine" else trainer.lr
+            lrs = method.learning_rates(epoch, epochs, trainer.lr, scheduled)
+            for group, lr in zip(optimizer.param_groups, lrs):
+                group["lr"] = lr
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            for images, labels in batches["train"].epoch(epoch):
+                targets = method.targets(labels, splits.num_classes)
+                with autocast:
+                    logits = forward(images)
+                    loss = F.cross_entropy(logits, targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                regularizer.add_gradients()
+                optimizer.step()
+                loss_sum += loss.detach() * len(labels)
+                correct += (logits.argmax(1) == labels).sum()
+                seen += len(labels)
+                bar.update()
+            train_loss = loss_sum.item() / seen  # the epoch's one host sync
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower trainer.lr "
+                                       f"or check the data")
+            row = {"epoch": epoch + 1, "lr_backbone": lrs[0], "lr_head": lrs[1], "head_reinit": int(reinit),
+                   "train_loss": round(train_loss, 6), "train_acc": round(100.0 * correct.item() / seen, 4),
+                   "test_acc": None, "penalty": round(regularizer.penalty(), 6)}
+            row["epoch_s"] = round(time.perf_counter() - epoch_clock, 4)
+            train_s += row["epoch_s"]
+            if _evaluate_now(epoch, epochs, trainer.eval_every):
+                eval_clock = time.perf_counter()
+                row["test_acc"] = round(evaluate(model, batches["test"], autocast), 4)
+                eval_s += time.perf_counter() - eval_clock
+            rows.append(row)
+            write_clock = time.perf_counter()
+            write_metrics(run_dir, rows)
+            checkpoints.save(model, optimizer, rows, eval_s, _fingerprint(cfg))  # written while the next epoch trains
+            write_s += time.perf_counter() - write_clock
+            bar.set_postfix(loss=f"{train_loss:.3f}", acc=row["test_acc"] if row["test_acc"] is not None else "-")
         write_clock = time.perf_counter()
-        write_metrics(run_dir, rows)
-        if trainer.checkpoint:
-            save_checkpoint(run_dir, model, optimizer, rows, eval_s, _fingerprint(cfg))
+        checkpoints.wait()
         write_s += time.perf_counter() - write_clock
-        bar.set_postfix(loss=f"{train_loss:.3f}", acc=row["test_acc"] if row["test_acc"] is not None else "-")
     bar.close()
 
     final = rows[-1]
@@ -126,8 +129,8 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
         "train_loss": final["train_loss"], "n_train": len(splits.train), "n_test": len(splits.test),
         "num_classes": splits.num_classes, "skipped_images": splits.skipped,
         "train_s": round(train_s, 3), "eval_s": round(eval_s, 3), "timings": {k: round(v, 3) for k, v in timings.items()},
-        "peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": _peak_gpu_mb(device),
-        "device": str(device), "precision": _precision_name(autocast), "channels_last": channels_last, "compiled": compiled,
+        "peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": _peak_gpu_mb(device), "device": str(device),
+        "precision": _precision_name(autocast), "channels_last": channels_last, "compiled": compiled,
         "config": {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
                    for key in cfg if key != "hydra"}, "versions": versions(),
     }

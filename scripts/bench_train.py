@@ -16,6 +16,7 @@ Last line: worst_ratio_vs_floor=<x>  (rifle-bench time / floor time, worst case;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import statistics
@@ -42,8 +43,9 @@ STEPS = {"mobilenet_v2": 32, "resnet18": 8}  # 32: the default run's epoch; ResN
 CLASSES = 10
 
 
-def case_config(model: str, size: int, method: str, regularizer: str, steps: int, epochs: int):
+def case_config(model: str, size: int, method: str, regularizer: str, steps: int, epochs: int, device: str):
     overrides = [f"model={model}", f"method={method}", f"regularizer={regularizer}", f"trainer.batch_size={BATCH}",
+                 f"trainer.device={device}",
                  f"trainer.crop={size}", f"trainer.resize={size + size // 8}", f"trainer.epochs={epochs}",
                  f"dataset.train_per_class={steps * BATCH // CLASSES}", "dataset.test_per_class=10"]
     if model != "mobilenet_v2":
@@ -76,7 +78,7 @@ class Floor:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-        loss.item()
+        loss.item()  # waits for the device
         return time.perf_counter() - clock
 
 
@@ -111,19 +113,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, help=f"SGD steps per epoch for every case (default: {STEPS})")
     parser.add_argument("--epochs", type=int, default=5, help="timed epoch pairs per case")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: time the GPU paths (use more --steps: a GPU runs these epochs in well under 1 s)")
     parser.add_argument("--cases", default="all", help="'all' or 'mobilenet_v2' / 'resnet18' to keep one model")
     parser.add_argument("--skip-default-run", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     cases = [c for c in CASES if args.cases in ("all", c[0])]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}; "
+    hardware = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {hardware}, batch {BATCH}; "
           f"median seconds per epoch over {args.epochs} adjacent pairs")
     print(f"{'model':<13}{'px':>4}{'steps':>6}  {'method':<17}{'reg':<6}{'floor s':>9}{'rifle-bench s':>15}"
           f"{'ratio':>8}")
     ratios = []
     for model, size, method, regularizer in cases:
         steps = args.steps or STEPS[model]
-        cfg = case_config(model, size, method, regularizer, steps, 1 + args.epochs)
+        cfg = case_config(model, size, method, regularizer, steps, 1 + args.epochs, args.device)
         ours, floor = time_case(cfg, steps)
         ratio = statistics.median(a / b for a, b in zip(ours, floor, strict=True))
         ratios.append(ratio)

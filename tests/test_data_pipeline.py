@@ -26,7 +26,7 @@ from rifle_bench.data.cache import load_or_build
 from rifle_bench.data.loader import IMAGENET_MEAN, IMAGENET_STD, ImageBatches
 from rifle_bench.data.sources import DatasetError, list_split
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+CONF_DIR = Path(__file__).resolve().parents[1] / "src" / "rifle_bench" / "conf" / "dataset"
 CPU = torch.device("cpu")
 FIXTURE_SIDE = 8  # the fixture JPEGs are 8x8: cached at resize 8, they keep their size
 

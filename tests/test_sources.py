@@ -24,7 +24,7 @@ from fixtures_datasets import (
 )
 from rifle_bench.data.sources import DATASETS, DatasetError, list_split
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+CONF_DIR = Path(__file__).resolve().parents[1] / "src" / "rifle_bench" / "conf" / "dataset"
 
 # DESIGN.md section 4: (num_classes, train size, test size)
 PAPER_DATASETS = {

@@ -21,7 +21,7 @@ from rifle_bench.resources import gpu_of_its_own, use_cpu_threads
 from rifle_bench.results import is_complete, versions, write_atomic, write_result
 from rifle_bench.train import TrainingDiverged, finish, run
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 # Errors whose message says everything the user needs: shown without a traceback.
 USER_ERRORS = (DatasetError, WeightsNotFound, TrainingDiverged, ValueError)
 log = logging.getLogger("rifle_bench")

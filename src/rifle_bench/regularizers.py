@@ -28,6 +28,9 @@ class L2:
     def penalty(self) -> float:
         return 0.0
 
+    def epoch_metrics(self) -> dict:
+        return {}
+
 
 class L2SP:
     def __init__(self, alpha: float = 0.01, beta: float = 1e-4):
@@ -51,6 +54,9 @@ class L2SP:
         backbone = torch.stack(torch._foreach_norm(drift)).square().sum()
         head = torch.stack(torch._foreach_norm(self.head)).square().sum()
         return float(0.5 * self.alpha * backbone + 0.5 * self.beta * head)
+
+    def epoch_metrics(self) -> dict:
+        return {}
 
 
 def build(regularizer_cfg) -> L2 | L2SP:

@@ -21,6 +21,7 @@ METRICS_FILE = "metrics.csv"
 RESULT_FILE = "result.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 COMPLETED_FILE = "COMPLETED"
+# The columns every run writes, first; methods and options add their own after these (see `metrics_columns`).
 METRICS_COLUMNS = ["epoch", "lr_backbone", "lr_head", "head_reinit", "train_loss", "train_acc", "test_acc",
                    "penalty", "epoch_s"]
 
@@ -39,12 +40,19 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise
 
 
+def metrics_columns(rows: list[dict]) -> list[str]:
+    """The standard columns, then every other key of the rows in the order it first appears."""
+    extra = [key for row in rows for key in row if key not in METRICS_COLUMNS]
+    return METRICS_COLUMNS + list(dict.fromkeys(extra))
+
+
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    columns = metrics_columns(rows)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: "" if row.get(key) is None else row[key] for key in METRICS_COLUMNS})
+        writer.writerow({key: "" if row.get(key) is None else row[key] for key in columns})
     write_atomic(Path(run_dir) / METRICS_FILE, buffer.getvalue())
 
 

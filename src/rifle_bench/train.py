@@ -73,12 +73,12 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
     with CheckpointWriter(run_dir, enabled=trainer.checkpoint) as checkpoints:
         for epoch in range(len(rows), epochs):
             epoch_clock = time.perf_counter()
+            model.train()  # before start_epoch: a method may put parts of the model back in eval mode
             reinit = method.start_epoch(epoch, epochs, model, optimizer)
             scheduled = cosine(epoch, epochs, trainer.lr) if trainer.schedule == "cosine" else trainer.lr
             lrs = method.learning_rates(epoch, epochs, trainer.lr, scheduled)
             for group, lr in zip(optimizer.param_groups, lrs):
                 group["lr"] = lr
-            model.train()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
@@ -101,7 +101,8 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
                                        f"or check the data")
             row = {"epoch": epoch + 1, "lr_backbone": lrs[0], "lr_head": lrs[1], "head_reinit": int(reinit),
                    "train_loss": round(train_loss, 6), "train_acc": round(100.0 * correct.item() / seen, 4),
-                   "test_acc": None, "penalty": round(regularizer.penalty(), 6)}
+                   "test_acc": None, "penalty": round(regularizer.penalty(), 6),
+                   **method.epoch_metrics(), **regularizer.epoch_metrics()}
             row["epoch_s"] = round(time.perf_counter() - epoch_clock, 4)
             train_s += row["epoch_s"]
             if _evaluate_now(epoch, epochs, trainer.eval_every):

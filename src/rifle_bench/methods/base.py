@@ -13,7 +13,8 @@ class Method:
     """Plain fine-tuning; subclasses override the hooks they need.
 
     The training loop calls, in order: `wrap_model` once before the optimizer exists; per epoch
-    `start_epoch` (returns True where the head was re-initialized) and `learning_rates`; per step `targets`.
+    `start_epoch` (returns True where the head was re-initialized) and `learning_rates`; per step `targets`;
+    at the end of each epoch `epoch_metrics` (extra metrics.csv columns).
     """
 
     def wrap_model(self, model: Classifier) -> None:
@@ -28,6 +29,9 @@ class Method:
 
     def targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         return labels
+
+    def epoch_metrics(self) -> dict:
+        return {}
 
 
 def cosine(epoch: int, epochs: int, base_lr: float) -> float:

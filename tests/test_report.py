@@ -272,18 +272,17 @@ def test_outputs_written_and_empty_table_skipped(sweep: Path):
     assert not (only_table1 / "table2.md").exists()
 
 
-def test_write_is_atomic(tmp_path: Path, monkeypatch):
-    target = tmp_path / "results.csv"
-    target.write_text("old")
+def test_write_is_atomic(sweep: Path, monkeypatch):
+    (sweep / "results.csv").write_text("old")
 
     def crash(source, destination):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        report._write_atomic(target, "new")
-    assert target.read_text() == "old"
-    assert [path.name for path in tmp_path.iterdir()] == ["results.csv"]
+        write_report([sweep])
+    assert (sweep / "results.csv").read_text() == "old"
+    assert not [path for path in sweep.iterdir() if path.name.startswith(".")]
 
 
 def test_cli_prints_tables_counts_and_failures(sweep: Path, capsys):

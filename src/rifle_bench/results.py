@@ -10,6 +10,7 @@ Every file is written atomically (a temporary file in the same directory, then o
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -22,8 +23,28 @@ RESULT_FILE = "result.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 COMPLETED_FILE = "COMPLETED"
 # The columns every run writes, first; methods and options add their own after these (see `metrics_columns`).
+# Trainer keys that say how a run is watched, stored or parallelized, not what it trains.
+_NOT_TRAINING_KEYS = ("workers", "checkpoint", "keep_checkpoint", "eval_every")
+_TRAINING_SECTIONS = ("dataset", "model", "regularizer", "method")
 METRICS_COLUMNS = ["epoch", "lr_backbone", "lr_head", "head_reinit", "train_loss", "train_acc", "test_acc",
                    "penalty", "epoch_s"]
+
+
+def training_fingerprint(config: dict) -> dict:
+    """Everything that shapes a run's training trajectory, from its resolved config (result.json's "config"):
+    the dataset, model, regularizer, method and trainer sections, less the trainer keys that do not change what is
+    trained, and the seed. A checkpoint resumes only under an equal fingerprint; the report pools as seeds of one
+    experiment only runs whose fingerprints are equal but for the seed."""
+    trainer = {key: value for key, value in config["trainer"].items() if key not in _NOT_TRAINING_KEYS}
+    return {key: config[key] for key in _TRAINING_SECTIONS} | {"trainer": trainer, "seed": config["seed"]}
+
+
+def experiment_id(config: dict) -> str:
+    """A hash of the training fingerprint without the seed (result.json's "fingerprint"): the seeds of one
+    experiment share it."""
+    fingerprint = training_fingerprint(config)
+    del fingerprint["seed"]
+    return hashlib.sha1(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:

@@ -2,17 +2,24 @@
 
 A run is read through its directory only: ``result.json`` and the ``COMPLETED`` marker written
 after it (plus ``.hydra/`` to spot runs that have started).
+
+Runs are seeds of one experiment when their training fingerprints (``results.training_fingerprint``:
+everything that shapes the trajectory, the same that checkpoints match) are equal but for the seed.
+A record keeps that fingerprint flat (``settings``, e.g. ``{"trainer.epochs": 2, ...}``) and as a hash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rifle_bench.results import experiment_id, training_fingerprint
+
 COMPLETE, FAILED, INCOMPLETE = "complete", "failed", "incomplete"
 
-_RESULT_FIELDS = ["dataset", "model", "regularizer", "method", "seed", "epochs", "test_acc",
+_RESULT_FIELDS = ["dataset", "model", "regularizer", "method", "seed", "epochs", "test_acc", "val_acc",
                   "n_train", "n_test", "wall_s", "train_s", "eval_s"]
 
 
@@ -31,12 +38,15 @@ class RunRecord:
     seed: int | None = None
     epochs: int | None = None
     test_acc: float | None = None
+    val_acc: float | None = None  # None when the run held out no validation split
     n_train: int | None = None
     n_test: int | None = None
     wall_s: float | None = None
     train_s: float | None = None
     eval_s: float | None = None
     versions: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # the training fingerprint less the seed, flat
+    fingerprint: str | None = None  # its hash: equal for the seeds of one experiment
 
 
 def variant_label(variant: dict) -> str:
@@ -66,14 +76,43 @@ def read_run(run_dir: Path) -> RunRecord:
         status = COMPLETE
     else:
         status = INCOMPLETE
+    settings, fingerprint = _training_settings(result)
     return RunRecord(
         run_dir=run_dir,
         status=status,
         error=result.get("error"),
         variant=result.get("variant") or {},
         versions=result.get("versions") or {},
+        settings=settings,
+        fingerprint=fingerprint,
         **{name: result.get(name) for name in _RESULT_FIELDS},
     )
+
+
+def _training_settings(result: dict) -> tuple[dict, str]:
+    """The flat training fingerprint less the seed, and its hash. A result without its config (written by hand,
+    or by an early version) is known by its fields: dataset, model, regularizer, method, variant and epochs."""
+    config = result.get("config")
+    if config:
+        fingerprint = training_fingerprint(config)
+        del fingerprint["seed"]
+        return _flatten(fingerprint), experiment_id(config)
+    settings = {"dataset.name": result.get("dataset"), "model.name": result.get("model"),
+                "regularizer.name": result.get("regularizer"), "method.name": result.get("method"),
+                **{f"method.{name}": value for name, value in (result.get("variant") or {}).items()},
+                "trainer.epochs": result.get("epochs")}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return settings, result.get("fingerprint") or digest
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _find_run_dirs(sweep_dir: Path) -> list[Path]:

@@ -65,18 +65,21 @@ def pipe_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def markdown(grid: pd.DataFrame, index_names: list[str], caption: str) -> str:
-    """A grid of cells with a two-level row index (block, label) as a captioned pipe table."""
-    rows, previous_block = [], None
-    for (block, label), cells in zip(grid.index, grid.itertuples(index=False)):
-        rows.append([block if block != previous_block else "", label, *(format_cell(cell, MARKDOWN) for cell in cells)])
-        previous_block = block
+    """A grid of cells with a row MultiIndex as a captioned pipe table; an index value repeated from the row
+    above (under the same outer values) is left blank, the innermost level always shown."""
+    rows, previous = [], None
+    for index, cells in zip(grid.index, grid.itertuples(index=False)):
+        shown = [value if previous is None or index[:level + 1] != previous[:level + 1] or level == len(index) - 1
+                 else "" for level, value in enumerate(index)]
+        rows.append([*shown, *(format_cell(cell, MARKDOWN) for cell in cells)])
+        previous = index
     return f"{caption}\n\n{pipe_table([*index_names, *grid.columns], rows)}\n"
 
 
 def latex(grid: pd.DataFrame, caption: str, label: str) -> str:
-    """The same grid as a booktabs table (pandas Styler), the block label on its first row only."""
+    """The same grid as a booktabs table (pandas Styler), each index value on its first row only."""
     text_grid = grid.apply(lambda column: column.map(lambda cell: format_cell(cell, LATEX)))
-    text = text_grid.style.format_index(escape="latex", axis=0).to_latex(
+    text = text_grid.style.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1).to_latex(
         caption=caption,
         label=label,
         position_float="centering",
@@ -84,6 +87,14 @@ def latex(grid: pd.DataFrame, caption: str, label: str) -> str:
         multirow_align="naive",  # no multirow package needed
         clines="skip-last;data",
     )
-    # Styler separates the blocks with \cline; booktabs wants \midrule, and no rule above \bottomrule.
-    cline = f"\\cline{{1-{grid.shape[1] + 2}}}\n"
-    return text.replace(cline + "\\bottomrule", "\\bottomrule").replace(cline, "\\midrule\n")
+    # Styler separates index blocks with lines of \cline: booktabs wants \midrule between the outermost blocks
+    # (and no rule above \bottomrule); the inner levels need no rule.
+    lines = text.splitlines(keepends=True)
+    kept = []
+    for line, following in zip(lines, [*lines[1:], ""]):
+        if line.startswith("\\cline"):
+            if line.startswith("\\cline{1-") and not following.startswith("\\bottomrule"):
+                kept.append("\\midrule\n")
+        else:
+            kept.append(line)
+    return "".join(kept)

@@ -9,29 +9,22 @@ from collections import defaultdict
 import pandas as pd
 from scipy import stats
 
-from rifle_bench.report.records import COMPLETE, RunRecord, variant_label, variant_sort_key
+from rifle_bench.report.grouping import ROW_KEYS, VARIANT_KEYS
+from rifle_bench.report.records import RunRecord, variant_label, variant_sort_key
 
 SIGNIFICANCE_LEVEL = 0.05
-# A row of a table: the runs that differ only in method, variant and seed.
-ROW_KEYS = ["model", "dataset", "regularizer"]
-VARIANT_KEYS = [*ROW_KEYS, "method", "variant"]
 
 
-def variant_statistics(records: list[RunRecord], expected_seeds_for) -> pd.DataFrame:
-    """One row per variant over the complete runs, in grid order (``variant_rank``)."""
-    complete = [record for record in records if record.status == COMPLETE]
-    runs = pd.DataFrame(
-        [{"model": record.model, "dataset": record.dataset, "regularizer": record.regularizer,
-          "method": record.method, "variant": variant_label(record.variant), "test_acc": record.test_acc}
-         for record in complete],
-        columns=[*VARIANT_KEYS, "test_acc"],
-    )
-    variants = {variant_label(record.variant): record.variant for record in complete}
-    variant_rank = {label: rank for rank, label in
-                    enumerate(sorted(variants, key=lambda label: variant_sort_key(variants[label])))}
+def variant_statistics(runs: pd.DataFrame, expected_seeds_for) -> pd.DataFrame:
+    """One row per variant of ``grouping.distinct_runs``: test (and validation) accuracy over seeds, in grid order
+    (``variant_rank``)."""
+    dicts = dict(zip(runs["variant"], runs["variant_dict"]))
+    variant_rank = {label: rank for rank, label in enumerate(sorted(dicts, key=lambda label: variant_sort_key(dicts[label])))}
     summary = (
-        runs.groupby(VARIANT_KEYS, dropna=False)["test_acc"]
-        .agg(n="count", mean="mean", std="std", accuracies=list)
+        runs.groupby(VARIANT_KEYS, dropna=False)
+        .agg(n=("test_acc", "count"), mean=("test_acc", "mean"), std=("test_acc", "std"),
+             accuracies=("test_acc", list), val_n=("val_acc", "count"), val_mean=("val_acc", "mean"),
+             val_std=("val_acc", "std"), fingerprint=("fingerprint", "first"))
         .reset_index()
     )
     summary["variant_rank"] = summary["variant"].map(variant_rank)

@@ -1,15 +1,19 @@
-"""write_report: read the runs below some sweep directories and write results.csv and the tables."""
+"""write_report: read the runs below some sweep directories, write results.csv and the tables of each selection rule."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from rifle_bench.report import render
+from rifle_bench.report.grouping import distinct_runs
 from rifle_bench.report.records import COMPLETE, FAILED, INCOMPLETE, collect_runs, plan_cells
 from rifle_bench.report.selection import SELECTIONS
 from rifle_bench.report.stats import seed_expectation, variant_statistics, welch_p_values
-from rifle_bench.report.tables import RESULT_COLUMNS, TABLES, caption, load_paper, results_frame, table_grid
+from rifle_bench.report.tables import (TABLES, best_grid, caption, load_paper, optimism_caption, optimism_frame,
+                                       optimism_grid, result_columns, results_frame, variants_grid)
 from rifle_bench.results import write_atomic
 
 
@@ -24,15 +28,33 @@ class ReportSummary:
     failures: list[tuple[Path, str]]
     markdown: str
     written: list[Path]
+    unavailable: dict[str, str] = field(default_factory=dict)  # selection rule -> why it could not apply
+    duplicates: list[Path] = field(default_factory=list)  # runs of an experiment and seed already counted
+    optimism: pd.DataFrame | None = None  # per row and method: test accuracy under `test` minus under `val`
 
 
 class ReportInputError(ValueError):
-    """A sweep directory that does not exist or holds no run."""
+    """A sweep directory that does not exist or holds no run, or an unknown selection rule."""
 
 
-def write_report(sweep_dirs: list[Path], out_dir: Path | None = None,
-                 expected_seeds: int | None = None) -> ReportSummary:
-    """Write results.csv, table{1,2}.md and table{1,2}.tex for the runs below ``sweep_dirs``."""
+def parse_selections(text: str) -> list[str]:
+    """``"test,val"`` -> ``["test", "val"]``, checked against the known rules."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SELECTIONS]
+    if unknown or not names:
+        raise ReportInputError(f"--selection={text}: unknown selection rule {', '.join(unknown) or '(none given)'}; "
+                               f"expected a comma-separated list of {', '.join(SELECTIONS)}")
+    return list(dict.fromkeys(names))
+
+
+def write_report(sweep_dirs: list[Path], out_dir: Path | None = None, expected_seeds: int | None = None,
+                 selections: list[str] | None = None) -> ReportSummary:
+    """Write results.csv and, per selection rule, table{N}[_rule].md/.tex for the runs below ``sweep_dirs``.
+
+    ``selections`` (names in ``selection.SELECTIONS``) defaults to ``test``, plus ``val`` when some run has a
+    validation accuracy. The ``test`` tables are table{N}.md/.tex; with both ``test`` and ``val``, optimism.md/.tex
+    compares them. A rule that cannot apply (``val`` without validation numbers) is reported, not an error.
+    """
     sweep_dirs = [Path(sweep_dir) for sweep_dir in sweep_dirs]
     if not sweep_dirs:
         raise ReportInputError("no sweep directory given")
@@ -48,33 +70,53 @@ def write_report(sweep_dirs: list[Path], out_dir: Path | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
 
     cells = plan_cells(sweep_dirs)
-    variants = variant_statistics(records, seed_expectation(records, cells, expected_seeds))
-    selection = SELECTIONS["test"]
-    variants["chosen"] = selection.choose(variants)
-    variants["p_value"] = welch_p_values(variants, variants["chosen"])
+    runs, duplicates = distinct_runs(records)
+    variants = variant_statistics(runs, seed_expectation(records, cells, expected_seeds))
+    unavailable = {name: reason for name, selection in SELECTIONS.items()
+                   if (reason := selection.unavailable(variants)) is not None}
+    for name, selection in SELECTIONS.items():
+        chosen = selection.choose(variants) if name not in unavailable else pd.Series(False, index=variants.index)
+        variants[f"chosen_{name}"] = chosen
+        variants[f"p_value_{name}"] = welch_p_values(variants, chosen)
+    if selections is None:
+        selections = ["test"] + (["val"] if "val" not in unavailable else [])
+    requested = [SELECTIONS[name] for name in selections]
+
     paper = load_paper()
     results = results_frame(variants.drop(columns="accuracies"), paper)
-    several_models = results["model"].nunique(dropna=False) > 1
-
-    csv_columns = RESULT_COLUMNS.copy()
-    if several_models:
-        csv_columns.insert(csv_columns.index("dataset") + 1, "model")
     written = [out_dir / "results.csv"]
-    write_atomic(written[0], results[csv_columns].to_csv(index=False))
+    write_atomic(written[0], _results_csv(results, val_available="val" not in unavailable))
 
-    markdown_tables = []
-    for table in TABLES:
-        grid = table_grid(results, paper, table, several_models)
-        if grid is None:
+    settings = results["setting"].ne("").any()
+    markdown_parts = []
+    for selection in requested:
+        if selection.name in unavailable:
+            markdown_parts.append(f"Selection {selection.name} unavailable: {unavailable[selection.name]}.\n")
             continue
-        markdown_tables.append(render.markdown(
-            grid, ["Regularizer", "Dataset"], caption(table, selection, render.MARKDOWN, numbered=True)))
-        latex = render.latex(grid, caption(table, selection, render.LATEX, numbered=False),
-                             label=f"tab:rifle-bench-table{table.number}")
-        for path, text in ((out_dir / f"table{table.number}.md", markdown_tables[-1]),
-                           (out_dir / f"table{table.number}.tex", latex)):
-            write_atomic(path, text)
-            written.append(path)
+        for table in TABLES:
+            grid = (variants_grid(results, table, selection) if selection.reports_variants
+                    else best_grid(results, paper, table, selection))
+            if grid is None:
+                continue
+            index_names = ["Regularizer", "Dataset", "Method", "Variant"][:grid.index.nlevels]
+            stem = f"table{table.number}" + ("" if selection.name == "test" else f"_{selection.name}")
+            markdown_parts.append(render.markdown(
+                grid, index_names, caption(table, selection, render.MARKDOWN, numbered=True, settings=settings)))
+            latex = render.latex(grid, caption(table, selection, render.LATEX, numbered=False, settings=settings),
+                                 label=f"tab:rifle-bench-{stem.replace('_', '-')}")
+            written += _write_pair(out_dir / stem, markdown_parts[-1], latex)
+
+    optimism = None
+    names = [selection.name for selection in requested]
+    if "test" in names and "val" in names and "val" not in unavailable:
+        optimism = optimism_frame(variants, "test", "val")
+        grid = optimism_grid(optimism)
+        if grid is not None:
+            test, val = SELECTIONS["test"], SELECTIONS["val"]
+            markdown_parts.append(render.markdown(grid, ["Regularizer", "Dataset"],
+                                                  optimism_caption(render.MARKDOWN, True, test, val)))
+            latex = render.latex(grid, optimism_caption(render.LATEX, False, test, val), label="tab:rifle-bench-optimism")
+            written += _write_pair(out_dir / "optimism", markdown_parts[-1], latex)
 
     counts = {status: sum(record.status == status for record in records) for status in (COMPLETE, FAILED, INCOMPLETE)}
     return ReportSummary(
@@ -84,6 +126,22 @@ def write_report(sweep_dirs: list[Path], out_dir: Path | None = None,
         missing=sum(cell["dir"].resolve() not in found for cell in cells),
         failures=[(record.run_dir, record.error or "no reason recorded")
                   for record in records if record.status == FAILED],
-        markdown="\n".join(markdown_tables),
+        markdown="\n".join(markdown_parts),
         written=written,
+        unavailable={name: reason for name, reason in unavailable.items() if name in names},
+        duplicates=[record.run_dir for record in duplicates],
+        optimism=optimism,
     )
+
+
+def _results_csv(results: pd.DataFrame, val_available: bool) -> str:
+    results = results.assign(chosen=results["chosen_test"],
+                             chosen_val=results["chosen_val"] if val_available else pd.NA)
+    return results[result_columns(results)].to_csv(index=False)
+
+
+def _write_pair(stem: Path, markdown: str, latex: str) -> list[Path]:
+    paths = [stem.with_suffix(".md"), stem.with_suffix(".tex")]
+    for path, text in zip(paths, (markdown, latex)):
+        write_atomic(path, text)
+    return paths

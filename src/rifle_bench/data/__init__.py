@@ -1,7 +1,10 @@
-"""Datasets as decode-once caches: `prepare` returns the train and test splits of a dataset config."""
+"""Datasets as decode-once caches: `prepare` returns the train, test (and validation) splits of a dataset config."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -27,6 +30,8 @@ class Splits:
     test: CachedSplit
     num_classes: int
     skipped: int  # corrupt images left out (only with dataset.skip_corrupt=true)
+    val: CachedSplit | None = None  # held out of the official training split (dataset.val_fraction > 0)
+    val_split: dict | None = None  # what result.json records of it: fraction, counts, hash of the positions
 
 
 def prepare(dataset_cfg, resize: int, cache_root: str | Path, workers: int | None = None) -> Splits:
@@ -52,7 +57,42 @@ def prepare(dataset_cfg, resize: int, cache_root: str | Path, workers: int | Non
                           f"the paper's has {expected[split]}; results will not be comparable with the paper's",
                           stacklevel=2)
     skipped = sum(len(cached.skipped) for cached in splits.values())
-    return Splits(splits["train"], splits["test"], int(dataset_cfg.num_classes), skipped)
+    prepared = Splits(splits["train"], splits["test"], int(dataset_cfg.num_classes), skipped)
+    fraction = dataset_cfg.get("val_fraction") or 0.0
+    return _hold_out(prepared, dataset_cfg, fraction) if fraction > 0 else prepared
+
+
+def validation_positions(labels: Sequence[int], fraction: float, seed: int, dataset: str) -> np.ndarray:
+    """Positions (sorted) of the training images held out for validation: of each class's n images,
+    round(fraction * n), at least one and never all. Drawn from `seed` and the class alone, so every method
+    and run seed holds out the same images, and one class's draw does not depend on the others'."""
+    labels = np.asarray(labels)
+    held_out = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < 2:
+            raise DatasetError(f"dataset.val_fraction={fraction}: class {label} of '{dataset}' has a single "
+                               f"training image, none to hold out; expected at least 2 training images in every "
+                               f"class; set dataset.val_fraction=0")
+        n_val = min(max(1, math.floor(fraction * len(members) + 0.5)), len(members) - 1)
+        held_out.append(np.random.default_rng([seed, int(label)]).choice(members, n_val, replace=False))
+    return np.sort(np.concatenate(held_out))
+
+
+def _hold_out(splits: Splits, cfg, fraction: float) -> Splits:
+    """The splits with a class-stratified validation split carved out of the training split."""
+    positions = validation_positions(splits.train.labels, fraction, cfg.get("val_seed", 0), cfg.name)
+    kept = np.setdiff1d(np.arange(len(splits.train)), positions)
+    record = {"fraction": fraction, "seed": cfg.get("val_seed", 0), "n_val": len(positions), "n_train": len(kept),
+              # of the positions in the cached training split, written as decimal text joined by ","
+              "indices_sha1": hashlib.sha1(",".join(map(str, positions.tolist())).encode()).hexdigest()}
+    return dataclasses.replace(splits, train=_subset(splits.train, kept), val=_subset(splits.train, positions),
+                               val_split=record)
+
+
+def _subset(split: CachedSplit, positions: np.ndarray) -> CachedSplit:
+    """The images of `split` at `positions`, reading the same cached pixels."""
+    return CachedSplit(split.pixels, split.index[positions], np.asarray(split.labels)[positions], [], split.path)
 
 
 def _animals_split(cfg, split: str, resize: int, cache_root) -> CachedSplit:

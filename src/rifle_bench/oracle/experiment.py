@@ -19,6 +19,7 @@ import numpy as np
 import ot
 import torch
 from omegaconf import DictConfig
+from scipy.spatial.distance import cdist
 from torch import nn
 
 from rifle_bench.config import ConfigError
@@ -50,7 +51,8 @@ def method(name: str, k: int) -> Method:
 
 @dataclass
 class Tasks:
-    oracle: TwoLayerMLP  # the target oracle h2; its first layer is the source oracle's too
+    source_oracle: TwoLayerMLP  # h1
+    target_oracle: TwoLayerMLP  # h2: a copy of h1's first layer, a head of its own
     source: tuple[torch.Tensor, torch.Tensor]
     target: tuple[torch.Tensor, torch.Tensor]
     test: tuple[torch.Tensor, torch.Tensor]
@@ -80,7 +82,7 @@ def make_tasks(data: DictConfig, generator: torch.Generator) -> Tasks:
             y = y + data.noise_std * torch.randn(n, generator=generator)
         return x, y
 
-    return Tasks(oracle=target_oracle, source=sample(source_oracle, data.n_source, True),
+    return Tasks(source_oracle=source_oracle, target_oracle=target_oracle, source=sample(source_oracle, data.n_source, True),
                  target=sample(target_oracle, data.n_target, True),
                  test=sample(target_oracle, data.n_test, data.test_noise))
 
@@ -131,7 +133,7 @@ def ot_distance(weights: torch.Tensor, oracle_weights: torch.Tensor, metric: str
     a, b = (w.detach().double().numpy() for w in (weights, oracle_weights))
     if normalize:
         a, b = (w / np.linalg.norm(w, axis=1, keepdims=True) for w in (a, b))
-    cost = ot.dist(a, b, metric=metric)
+    cost = cdist(a, b, metric=metric)  # exact zeros for equal units (ot.dist's expansion leaves ~1e-8 after sqrt)
     return float(ot.emd2(ot.unif(len(a)), ot.unif(len(b)), cost))
 
 
@@ -153,7 +155,7 @@ def run(cfg: DictConfig) -> tuple[dict, list[dict]]:
     """Pre-train the teacher, fine-tune it once per method; returns (results, per-epoch log rows)."""
     streams = seeds(cfg.seed, cfg.oracle_seed)
     tasks = make_tasks(cfg.data, _generator(streams["oracle"]))
-    oracle_w1 = tasks.oracle.hidden.weight
+    oracle_w1 = tasks.target_oracle.hidden.weight
 
     teacher = TwoLayerMLP(cfg.data.input_dim, cfg.data.hidden)
     for layer in (teacher.hidden, teacher.head):

@@ -21,6 +21,7 @@ from rifle_bench.results import RESULT_FILE, is_complete, write_atomic
 
 LABELS = {"l2": "L2", "rifle": "L2 + RIFLE", "rifle_a": "L2 + RIFLE-A", "rifle_b": "L2 + RIFLE-B",
           "init": "W1' at random init", "teacher": "W1' after pre-training"}
+TICKS = {"init": "W1' at\nrandom init", "teacher": "W1' after\npre-training"}
 REFERENCES = ("init", "teacher")  # OT of the teacher's first layer, for scale: no fine-tuning, no test MSE
 FILES = ("oracle_table.md", "oracle_table.csv", "oracle_table.tex", "oracle.png", "oracle.pdf")
 
@@ -141,8 +142,9 @@ def figure(summary: pd.DataFrame, runs: pd.DataFrame, png: Path, pdf: Path) -> d
             with_paper = shown[shown[paper].notna()]
             ax.scatter(with_paper.index, with_paper[paper], marker="D", s=40, color="black", zorder=4,
                        label="paper (Sec. 4.6.2)")
-            ax.set_xticks(shown.index, [LABELS[m].replace(" after ", "\nafter ").replace(" at ", "\nat ")
-                                        for m in shown["method"]], fontsize=8)
+            value = "{:.2e}" if metric == "test_mse" else "{:.4f}"
+            ax.set_xticks(shown.index, [f"{TICKS.get(m, LABELS[m])}\n{value.format(mean)}"
+                                        for m, mean in zip(shown["method"], shown[f"{metric}_mean"])], fontsize=8)
             ax.set_ylabel(ylabel, fontsize=9)
             if metric == "test_mse":
                 ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))

@@ -34,17 +34,22 @@ from hydra import compose, initialize_config_dir
 from rifle_bench import methods, models, train
 from rifle_bench.cli import CONFIG_DIR
 
-CASES = [(model, size, method, regularizer)
-         for model, size in (("mobilenet_v2", 64), ("resnet18", 112))
+SIZES = (("mobilenet_v2", 64), ("resnet18", 112))
+# (model, px, method, regularizer, options): options are overrides timed on top of a plain case.
+CASES = [(model, size, method, regularizer, ())
+         for model, size in SIZES
          for method in ("original", "rifle", "stochastic_depth")
          for regularizer in ("l2", "l2sp")]
+CASES += [(model, size, "original", "l2", ("trainer.grad_norms=true",)) for model, size in SIZES]
 BATCH = 32
 STEPS = {"mobilenet_v2": 32, "resnet18": 8}  # 32: the default run's epoch; ResNet-18 at 112 px is ~4x the work
 CLASSES = 10
 
 
-def case_config(model: str, size: int, method: str, regularizer: str, steps: int, epochs: int, device: str):
-    overrides = [f"model={model}", f"method={method}", f"regularizer={regularizer}", f"trainer.batch_size={BATCH}",
+def case_config(model: str, size: int, method: str, regularizer: str, steps: int, epochs: int, device: str,
+                options: tuple[str, ...] = ()):
+    overrides = [*options, f"model={model}", f"method={method}", f"regularizer={regularizer}",
+                 f"trainer.batch_size={BATCH}",
                  f"trainer.device={device}",
                  f"trainer.crop={size}", f"trainer.resize={size + size // 8}", f"trainer.epochs={epochs}",
                  f"dataset.train_per_class={steps * BATCH // CLASSES}", "dataset.test_per_class=10"]
@@ -123,16 +128,17 @@ def main() -> None:
     hardware = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {hardware}, batch {BATCH}; "
           f"median seconds per epoch over {args.epochs} adjacent pairs")
-    print(f"{'model':<13}{'px':>4}{'steps':>6}  {'method':<17}{'reg':<6}{'floor s':>9}{'rifle-bench s':>15}"
+    print(f"{'model':<13}{'px':>4}{'steps':>6}  {'method':<22}{'reg':<6}{'floor s':>9}{'rifle-bench s':>15}"
           f"{'ratio':>8}")
     ratios = []
-    for model, size, method, regularizer in cases:
+    for model, size, method, regularizer, options in cases:
         steps = args.steps or STEPS[model]
-        cfg = case_config(model, size, method, regularizer, steps, 1 + args.epochs, args.device)
+        cfg = case_config(model, size, method, regularizer, steps, 1 + args.epochs, args.device, options)
+        label = "+".join([method, *(option.split("=")[0].split(".")[-1] for option in options)])
         ours, floor = time_case(cfg, steps)
         ratio = statistics.median(a / b for a, b in zip(ours, floor, strict=True))
         ratios.append(ratio)
-        print(f"{model:<13}{size:>4}{steps:>6}  {method:<17}{regularizer:<6}{statistics.median(floor):>9.2f}"
+        print(f"{model:<13}{size:>4}{steps:>6}  {label:<22}{regularizer:<6}{statistics.median(floor):>9.2f}"
               f"{statistics.median(ours):>15.2f}{ratio:>8.3f}", flush=True)
     if not args.skip_default_run:
         result = default_run_breakdown()

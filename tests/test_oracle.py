@@ -101,16 +101,20 @@ def test_out_of_range_values_are_refused_in_one_line():
         validate(compose_oracle("teacher.momentum=1.0"))
 
 
-def test_a_wrong_choice_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("override, message", [
+    ("ot.metric=cosine", "ot.metric=cosine: not a valid choice; expected one of sqeuclidean, euclidean; "),
+    ("finetune.k=40", "finetune.k=40: 41 periods do not fit in finetune.epochs=40; expected k <= 39; "),
+])
+def test_a_bad_value_is_one_line_exit_code_2_and_no_run_directory(override, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["rifle-bench-oracle", "ot.metric=cosine"])
+    monkeypatch.setattr(sys, "argv", ["rifle-bench-oracle", override])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("rifle-bench-oracle: error: ot.metric=cosine: not a valid choice; expected one of ")
-    assert len(error.splitlines()) == 1 and "euclidean" in error
+    assert error.startswith(f"rifle-bench-oracle: error: {message}") and len(error.splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
 
 
 def _hand_made_run(path, seed: int, l2: tuple[float, float], rifle: tuple[float, float], setting: str = "",

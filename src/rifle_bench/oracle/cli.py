@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rifle_bench.cli import CONFIG_DIR
+from rifle_bench.config import ConfigError
 from rifle_bench.errors import user_error_lines
 from rifle_bench.oracle import experiment
 from rifle_bench.oracle.config import register, validate
@@ -53,6 +54,20 @@ def run_job(cfg: DictConfig) -> dict | None:
     scores = "  ".join(f"{LABELS[m]}: MSE {v['test_mse']:.2e} OT {v['ot']:.4f}" for m, v in result["methods"].items())
     print(f"[done] oracle seed={cfg.seed}: {scores}  ({result['wall_s']:.1f}s) -> {run_dir}", flush=True)
     return result
+
+
+class ValidateBeforeRun(Callback):
+    """Refuse a bad single-run configuration before Hydra creates its run directory (sweeps: each job).
+
+    Hydra turns a callback's exception into a warning, so the error is printed here and the exit is explicit.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            validate(config)
+        except ConfigError as error:
+            print(f"rifle-bench-oracle: error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
 
 
 class OracleReport(Callback):

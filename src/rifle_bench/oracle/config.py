@@ -129,7 +129,8 @@ def register() -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that cannot work (types and choices are OmegaConf's job)."""
-    oracle: OracleConfig = OmegaConf.to_object(cfg)
+    without_hydra = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # a callback sees hydra's
+    oracle: OracleConfig = OmegaConf.to_object(OmegaConf.merge(OracleConfig, without_hydra))
     for key in ("seed", "oracle_seed"):
         value = getattr(oracle, key)
         require(value is None or 0 <= value < 2**63, key, value, "out of range", "an integer in [0, 2**63)",

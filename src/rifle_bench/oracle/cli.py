@@ -34,7 +34,7 @@ def setting(task_overrides: list[str]) -> str:
 
 
 def run_job(cfg: DictConfig) -> dict | None:
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN and is_complete(run_dir):
@@ -44,7 +44,8 @@ def run_job(cfg: DictConfig) -> dict | None:
     torch.set_num_threads(cfg.threads)
     result, log = experiment.run(cfg)
     result.update(setting=setting(list(hydra_cfg.overrides.task)), run_dir=str(run_dir),
-                  wall_s=round(time.perf_counter() - started, 3), threads=cfg.threads,
+                  wall_s=round(time.perf_counter() - started, 3), cpu_s=round(time.process_time() - cpu_started, 3),
+                  threads=cfg.threads,
                   config=OmegaConf.to_container(cfg, enum_to_str=True), versions=versions())
     buffer = io.StringIO()
     pd.DataFrame(log).to_csv(buffer, index=False)
@@ -52,7 +53,8 @@ def run_job(cfg: DictConfig) -> dict | None:
     write_result(run_dir, result)
     mark_completed(run_dir)
     scores = "  ".join(f"{LABELS[m]}: MSE {v['test_mse']:.2e} OT {v['ot']:.4f}" for m, v in result["methods"].items())
-    print(f"[done] oracle seed={cfg.seed}: {scores}  ({result['wall_s']:.1f}s) -> {run_dir}", flush=True)
+    print(f"[done] oracle seed={cfg.seed}: {scores}  ({result['wall_s']:.1f}s, CPU {result['cpu_s']:.1f}s) "
+          f"-> {run_dir}", flush=True)
     return result
 
 

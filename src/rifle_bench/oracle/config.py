@@ -102,7 +102,8 @@ class FinetuneConfig(SGDConfig):
         super().check(stage)
         _at_least(self.k, 0, "finetune.k")
         require(self.k + 1 <= self.epochs, "finetune.k", self.k, f"{self.k + 1} periods do not fit in "
-                f"finetune.epochs={self.epochs}", f"k <= {self.epochs - 1}", "lower finetune.k or raise finetune.epochs")
+                f"finetune.epochs={self.epochs}", f"k <= {self.epochs - 1}",
+                "lower finetune.k or raise finetune.epochs")
 
 
 @dataclass

@@ -82,8 +82,8 @@ def make_tasks(data: DictConfig, generator: torch.Generator) -> Tasks:
             y = y + data.noise_std * torch.randn(n, generator=generator)
         return x, y
 
-    return Tasks(source_oracle=source_oracle, target_oracle=target_oracle, source=sample(source_oracle, data.n_source, True),
-                 target=sample(target_oracle, data.n_target, True),
+    return Tasks(source_oracle=source_oracle, target_oracle=target_oracle,
+                 source=sample(source_oracle, data.n_source, True), target=sample(target_oracle, data.n_target, True),
                  test=sample(target_oracle, data.n_test, data.test_noise))
 
 
@@ -139,10 +139,11 @@ def ot_distance(weights: torch.Tensor, oracle_weights: torch.Tensor, metric: str
 
 def seeds(seed: int, oracle_seed: int | None) -> dict[str, int]:
     """Independent seeds per random stream: the oracle and its data (from oracle_seed, default seed), then the
-    teacher's init, the mini-batch order (the same for every fine-tuning arm) and the head re-inits."""
+    teacher's init and mini-batch order, the fine-tuning mini-batch order (the same for every arm) and the head
+    re-inits."""
     oracle_stream = np.random.SeedSequence([seed if oracle_seed is None else oracle_seed, 0])
-    training = np.random.SeedSequence([seed, 1]).spawn(3)
-    names = ("teacher_init", "batches", "reinit")
+    names = ("teacher_init", "teacher_batches", "finetune_batches", "reinit")
+    training = np.random.SeedSequence([seed, 1]).spawn(len(names))
     return {"oracle": int(oracle_stream.generate_state(1)[0]),
             **{name: int(stream.generate_state(1)[0]) for name, stream in zip(names, training)}}
 
@@ -158,11 +159,12 @@ def run(cfg: DictConfig) -> tuple[dict, list[dict]]:
     oracle_w1 = tasks.target_oracle.hidden.weight
 
     teacher = TwoLayerMLP(cfg.data.input_dim, cfg.data.hidden)
+    teacher_init = _generator(streams["teacher_init"])
     for layer in (teacher.hidden, teacher.head):
-        _draw(layer, "linear", 1.0, _generator(streams["teacher_init"]))
+        _draw(layer, "linear", 1.0, teacher_init)
     initial_w1 = teacher.hidden.weight.detach().clone()
     log = [{"stage": "teacher", **row} for row in
-           fit(teacher, *tasks.source, cfg.teacher, Method(), _generator(streams["batches"]), "teacher")]
+           fit(teacher, *tasks.source, cfg.teacher, Method(), _generator(streams["teacher_batches"]), "teacher")]
 
     def distance(weights: torch.Tensor) -> float:
         return ot_distance(weights, oracle_w1, cfg.ot.metric.value, cfg.ot.normalize)
@@ -174,7 +176,7 @@ def run(cfg: DictConfig) -> tuple[dict, list[dict]]:
         if cfg.finetune.head_init == "random":
             student.head.reset_parameters()
         rows = fit(student, *tasks.target, cfg.finetune, method(name, cfg.finetune.k),
-                   _generator(streams["batches"]), "finetune", test=tasks.test)
+                   _generator(streams["finetune_batches"]), "finetune", test=tasks.test)
         log += [{"stage": name, **row} for row in rows]
         methods[name] = {"test_mse": mse(student, *tasks.test), "ot": distance(student.hidden.weight)}
 

@@ -27,7 +27,8 @@ def write_run(sweep_dir: Path, *, test_acc: float, val_acc: float | None = None,
               "trainer": {"epochs": epochs, "lr": 0.01, "eval_every": eval_every, "workers": None},
               "seed": seed, "paths": {"cache": "/tmp/cache"}}
     name = name or "_".join([method, *(f"{key}={value}" for key, value in {**variant, **(method_options or {})}.items()),
-                             f"e{epochs}", f"every{eval_every}", f"seed{seed}"])
+                             f"e{epochs}", f"every{eval_every}", "val" if val_acc is not None else "noval",
+                             f"seed{seed}"])
     run_dir = sweep_dir / name
     (run_dir / ".hydra").mkdir(parents=True)
     result = {"status": "done", "error": None, "dataset": "animals", "model": "mobilenet_v2", "regularizer": "l2",
@@ -222,3 +223,23 @@ def test_result_fingerprint_is_the_checkpoint_fingerprint_less_the_seed(compose_
             (["seed=0", "trainer.epochs=2"], ["seed=3", "trainer.epochs=2", "trainer.eval_every=1"])]
     assert {results.experiment_id(other) for other in same} == {results.experiment_id(config)}
     assert results.experiment_id(config_of("seed=3", "trainer.epochs=4")[1]) != results.experiment_id(config)
+
+
+def test_runs_with_and_without_a_validation_split_are_separate_rows(val_sweep: Path):
+    write_seeds(val_sweep, [90.0, 91.0, 92.0], method="original")  # the paper's protocol: nothing held out
+    summary = write_report([val_sweep])
+
+    test_cells = table_cells((val_sweep / "table1.md").read_text())
+    assert test_cells[("animals [dataset.val_fraction=0.0]", "Original")] == "**91.00±1.00**"
+    assert test_cells[("animals [dataset.val_fraction=0.1]", "Original")] == "71.00±1.00"
+    val_table = (val_sweep / "table1_val.md").read_text()
+    assert {row for row, _ in table_cells(val_table)} == {"animals [dataset.val_fraction=0.1]"}
+    assert "Rows whose runs held out no validation split are left out." in val_table
+    assert summary.unavailable == {}
+
+
+def test_a_result_of_another_shape_is_read_by_its_fields(tmp_path: Path):
+    run_dir = write_run(tmp_path, test_acc=70.0)
+    result = json.loads((run_dir / "result.json").read_text())
+    (run_dir / "result.json").write_text(json.dumps(result | {"config": {"oracle": {"width": 8}}}))
+    assert write_report([tmp_path]).complete == 1

@@ -19,6 +19,7 @@ from rifle_bench.results import experiment_id, training_fingerprint
 
 COMPLETE, FAILED, INCOMPLETE = "complete", "failed", "incomplete"
 
+_TRAINING_CONFIG_KEYS = {"dataset", "model", "regularizer", "method", "trainer", "seed"}
 _RESULT_FIELDS = ["dataset", "model", "regularizer", "method", "seed", "epochs", "test_acc", "val_acc",
                   "n_train", "n_test", "wall_s", "train_s", "eval_s"]
 
@@ -90,10 +91,11 @@ def read_run(run_dir: Path) -> RunRecord:
 
 
 def _training_settings(result: dict) -> tuple[dict, str]:
-    """The flat training fingerprint less the seed, and its hash. A result without its config (written by hand,
-    or by an early version) is known by its fields: dataset, model, regularizer, method, variant and epochs."""
+    """The flat training fingerprint less the seed, and its hash. A result without a training config (written by
+    hand, by an early version, or by another app) is known by its fields: dataset, model, regularizer, method,
+    variant and epochs."""
     config = result.get("config")
-    if config:
+    if isinstance(config, dict) and _TRAINING_CONFIG_KEYS <= config.keys():
         fingerprint = training_fingerprint(config)
         del fingerprint["seed"]
         return _flatten(fingerprint), experiment_id(config)

@@ -16,6 +16,7 @@ from rifle_bench.report.grouping import ROW_KEYS
 class Selection:
     name: str
     title: str  # the rule, as the tables state it
+    note: str = ""  # what its tables leave out, if anything
     reports_variants: bool = False  # True: every variant is a row of its own, not one cell per method
 
     def unavailable(self, variants: pd.DataFrame) -> str | None:
@@ -50,6 +51,7 @@ class ValidationSelection(_BestMean):
     name = "val"
     title = "the variant with the best mean validation accuracy, reported with its test accuracy"
     column = "val_mean"
+    note = "Rows whose runs held out no validation split are left out."
 
     def unavailable(self, variants: pd.DataFrame) -> str | None:
         if variants["val_mean"].notna().any():

@@ -173,8 +173,10 @@ def caption(table: PaperTable, selection: Selection, markup: Markup, numbered: b
         return (f"{number}selection {selection.name}: {selection.title}. {measured}, and the validation accuracy "
                 f"where a validation split was held out, mean{markup.plus_minus}std over seeds. "
                 + _marks(markup, with_paper=False, with_bold=False, settings=settings))
+    note = f"{selection.note} " if selection.note else ""
     return (f"{number}selection {selection.name}: {selection.title}. {measured}, mean{markup.plus_minus}std over seeds; "
-            f"every variant is in results.csv. " + _marks(markup, with_paper=True, with_bold=True, settings=settings))
+            f"every variant is in results.csv. {note}"
+            + _marks(markup, with_paper=True, with_bold=True, settings=settings))
 
 
 def optimism_caption(markup: Markup, numbered: bool, first: Selection, second: Selection) -> str:

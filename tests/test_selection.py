@@ -20,13 +20,15 @@ def write_run(sweep_dir: Path, *, test_acc: float, val_acc: float | None = None,
               method_options: dict | None = None, name: str | None = None) -> Path:
     """A finished run as train.run leaves it: result.json with its whole config, then COMPLETED."""
     variant = variant or {}
-    config = {"dataset": {"name": "animals", "root": "/data/animals", "val_fraction": 0.1 if val_acc is not None else 0.0},
+    val_fraction = 0.1 if val_acc is not None else 0.0
+    config = {"dataset": {"name": "animals", "root": "/data/animals", "val_fraction": val_fraction},
               "model": {"name": "mobilenet_v2", "weights": "IMAGENET1K_V1"},
               "regularizer": {"name": "l2", "weight_decay": 1e-4},
               "method": {"name": method, **variant, **(method_options or {}), "grid": {key: [] for key in variant}},
               "trainer": {"epochs": epochs, "lr": 0.01, "eval_every": eval_every, "workers": None},
               "seed": seed, "paths": {"cache": "/tmp/cache"}}
-    name = name or "_".join([method, *(f"{key}={value}" for key, value in {**variant, **(method_options or {})}.items()),
+    options = {**variant, **(method_options or {})}
+    name = name or "_".join([method, *(f"{key}={value}" for key, value in options.items()),
                              f"e{epochs}", f"every{eval_every}", "val" if val_acc is not None else "noval",
                              f"seed{seed}"])
     run_dir = sweep_dir / name

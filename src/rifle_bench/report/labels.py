@@ -47,7 +47,8 @@ def dataset_label(dataset: str) -> str:
 
 
 def in_display_order(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Sorted by ``by``: regularizers, datasets and methods in the paper's order, then by key; other columns by value."""
+    """Sorted by ``by``: regularizers, datasets and methods in the paper's order, then by key; other columns by
+    value."""
     def rank(column: pd.Series) -> pd.Series:
         if column.name not in _PREFERRED_ORDER:
             return column

@@ -19,7 +19,8 @@ def variant_statistics(runs: pd.DataFrame, expected_seeds_for) -> pd.DataFrame:
     """One row per variant of ``grouping.distinct_runs``: test (and validation) accuracy over seeds, in grid order
     (``variant_rank``)."""
     dicts = dict(zip(runs["variant"], runs["variant_dict"]))
-    variant_rank = {label: rank for rank, label in enumerate(sorted(dicts, key=lambda label: variant_sort_key(dicts[label])))}
+    in_grid_order = sorted(dicts, key=lambda label: variant_sort_key(dicts[label]))
+    variant_rank = {label: rank for rank, label in enumerate(in_grid_order)}
     summary = (
         runs.groupby(VARIANT_KEYS, dropna=False)
         .agg(n=("test_acc", "count"), mean=("test_acc", "mean"), std=("test_acc", "std"),

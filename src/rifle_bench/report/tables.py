@@ -66,7 +66,8 @@ def result_columns(results: pd.DataFrame) -> list[str]:
     return columns
 
 
-def best_grid(results: pd.DataFrame, paper: pd.DataFrame, table: PaperTable, selection: Selection) -> pd.DataFrame | None:
+def best_grid(results: pd.DataFrame, paper: pd.DataFrame, table: PaperTable,
+              selection: Selection) -> pd.DataFrame | None:
     """One cell per method (its chosen variant) and row (regularizer label, dataset label), paper rows below ours."""
     rows_of_table = results[results["table"] == table.number]
     chosen = rows_of_table[rows_of_table[f"chosen_{selection.name}"]].copy()
@@ -174,8 +175,8 @@ def caption(table: PaperTable, selection: Selection, markup: Markup, numbered: b
                 f"where a validation split was held out, mean{markup.plus_minus}std over seeds. "
                 + _marks(markup, with_paper=False, with_bold=False, settings=settings))
     note = f"{selection.note} " if selection.note else ""
-    return (f"{number}selection {selection.name}: {selection.title}. {measured}, mean{markup.plus_minus}std over seeds; "
-            f"every variant is in results.csv. {note}"
+    return (f"{number}selection {selection.name}: {selection.title}. {measured}, "
+            f"mean{markup.plus_minus}std over seeds; every variant is in results.csv. {note}"
             + _marks(markup, with_paper=True, with_bold=True, settings=settings))
 
 

@@ -115,7 +115,8 @@ def write_report(sweep_dirs: list[Path], out_dir: Path | None = None, expected_s
             test, val = SELECTIONS["test"], SELECTIONS["val"]
             markdown_parts.append(render.markdown(grid, ["Regularizer", "Dataset"],
                                                   optimism_caption(render.MARKDOWN, True, test, val)))
-            latex = render.latex(grid, optimism_caption(render.LATEX, False, test, val), label="tab:rifle-bench-optimism")
+            latex = render.latex(grid, optimism_caption(render.LATEX, False, test, val),
+                                 label="tab:rifle-bench-optimism")
             written += _write_pair(out_dir / "optimism", markdown_parts[-1], latex)
 
     counts = {status: sum(record.status == status for record in records) for status in (COMPLETE, FAILED, INCOMPLETE)}

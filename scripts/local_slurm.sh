@@ -39,7 +39,7 @@ wait_for() {  # wait_for DAEMON SECONDS COMMAND...: poll COMMAND until it succee
   local daemon=$1 deadline=$((SECONDS + $2)) started=$SECONDS
   shift 2
   until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)) || { ((SECONDS - started > 3)) && ! pid_of "$daemon" >/dev/null; }; then
+    if ((SECONDS >= deadline)) || { ((SECONDS - started > 10)) && ! pid_of "$daemon" >/dev/null; }; then
       echo "local_slurm: error: $daemon did not come up (it stopped, or $* kept failing); the end of $LOG/$daemon.log:" >&2
       tail -n 30 "$LOG/$daemon.log" >&2 || true
       exit 1

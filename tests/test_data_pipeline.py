@@ -184,6 +184,24 @@ def test_an_entry_without_its_completion_mark_is_rebuilt_not_read(tmp_path, deco
     assert not list((tmp_path / "cache").glob(".*"))
 
 
+@pytest.mark.parametrize("damage", ["truncated pixels", "garbage labels"])
+def test_a_corrupt_entry_is_set_aside_and_rebuilt(tmp_path, decodes, damage, caplog):
+    fake = make_cub(tmp_path / "data")
+    cfg = dataset_cfg("cub", fake.root, num_classes=3)
+    built = data.prepare(cfg, FIXTURE_SIDE, tmp_path / "cache")
+    pixels, entry = np.array(built.train.pixels), built.train.path
+    if damage == "truncated pixels":
+        (entry / "pixels.bin").write_bytes((entry / "pixels.bin").read_bytes()[:1000])
+    else:
+        (entry / "labels.npy").write_bytes(b"not numpy")
+    decodes.calls.clear()
+    rebuilt = data.prepare(cfg, FIXTURE_SIDE, tmp_path / "cache")
+    assert sum(decodes.calls.values()) == len(fake.train)  # the damaged split only, decoded again
+    assert np.array_equal(rebuilt.train.pixels, pixels)
+    (kept,) = (tmp_path / "cache").glob(f"{entry.name}.corrupt-*")  # set aside, not deleted
+    assert str(entry) in caplog.text and "corrupt" in caplog.text
+
+
 def _prepare_in_a_process(cfg, cache_root, start, results) -> None:
     start.wait()
     splits = data.prepare(cfg, FIXTURE_SIDE, cache_root, workers=1)

@@ -74,6 +74,8 @@ def test_a_truncated_checkpoint_is_reported_and_the_run_starts_over(reference, t
     completed = run_cli(*RUN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
 
     assert "unreadable" in completed.stdout + completed.stderr and "starting over" in completed.stdout + completed.stderr
+    (kept,) = run_dir.glob("checkpoint.pt.corrupt-*")  # set aside with its path reported, never deleted
+    assert kept.read_bytes() == checkpoint[: len(checkpoint) // 2] and str(kept) in completed.stdout + completed.stderr
     assert trajectory(run_dir) == trajectory(reference)
     assert final_acc(run_dir) == final_acc(reference)
     assert not (run_dir / "checkpoint.pt").exists()  # dropped once complete: a sweep's disk use stays bounded

@@ -85,16 +85,17 @@ def test_a_failed_cell_is_named_and_the_table_still_written(finished_sweep):
     cwd, _ = finished_sweep
     sweep_dir = cwd / SWEEP_DIR
     (sweep_dir / "table1.md").unlink()
-    # Added to the first sweep's directory by naming it. One epoch cannot hold 4 cycles: that cell fails;
-    # original's cell is the finished one, not re-run.
+    # Added to the first sweep's directory by naming it. A data folder missing on the machine that runs the job
+    # (checked there, not where the sweep is submitted): that cell fails; original's cell is the finished one.
     completed = run_cli("-m", *ONE_EPOCH, "method=original", "seed=0", f"hydra.sweep.dir={SWEEP_DIR}", cwd=cwd)
     assert "1 complete (skipped), 0 failed (re-run), 0 incomplete (re-run), 0 new" in completed.stdout
-    completed = run_cli("-m", *ONE_EPOCH, "method=cyclic_lr", "method.n_cycles=4", "seed=0",
+    completed = run_cli("-m", *ONE_EPOCH, "method=original", "dataset.root=/nonexistent", "seed=0",
                         f"hydra.sweep.dir={SWEEP_DIR}", cwd=cwd, check=False)
     assert completed.returncode == 1
     assert "0 complete (skipped), 0 failed (re-run), 0 incomplete (re-run), 1 new" in completed.stdout
-    failed = sweep_dir / expected_name("method=cyclic_lr", "method.n_cycles=4", "seed=0")
-    assert f"[FAILED] {failed.relative_to(cwd)}: ValueError: 4 periods do not fit in 1 epochs" in completed.stdout
+    failed = sweep_dir / expected_name("dataset.root=_nonexistent", "method=original", "seed=0")  # file-name safe
+    assert (f"[FAILED] {failed.relative_to(cwd)}: ConfigError: dataset.root=/nonexistent: no such directory"
+            in completed.stdout)
     assert "1 cells: 0 complete (0 skipped, 0 run now), 1 failed" in completed.stdout
     assert "1 of 1 cells failed" in completed.stderr
     assert "| Original" in (sweep_dir / "table1.md").read_text()
@@ -208,6 +209,9 @@ def test_a_sweep_without_a_preset_is_named_after_its_overrides_and_its_jobs_told
                       exclude_keys=["trainer.device", "experiment"]) == (
         "dataset.root-_d_x_+foo-a_b_method-rifle_seed-0+1")
     assert sweep_name(["experiment=mine", "seed=0,1"], exclude_keys=["experiment"]) == "experiment-mine_seed-0+1"
+    # The CLI hands `method.k=3` over as `method.k=choice(3)`: named as typed.
+    assert sweep_name(["method.k=choice(3)", "seed=range(2)", "method=glob(rifle*)"], exclude_keys=[]) == (
+        "method-glob_rifle___method.k-3_seed-0+1")
     assert sweep_name([], exclude_keys=[]) == "defaults"
     cell = Cell(overrides=["seed=0"], name="seed=0", dataset="animals", model="mobilenet_v2", regularizer="l2",
                 method="original", variant={}, seed=0)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rifle_bench.results import CHECKPOINT_FILE, write_atomic
+from rifle_bench.results import CHECKPOINT_FILE, set_aside, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ def load_checkpoint(run_dir: Path, model, optimizer, fingerprint: dict) -> dict 
         state = torch.load(path, map_location="cpu", weights_only=False)
         rng, matches = state["rng"], state["fingerprint"] == fingerprint
     except Exception as error:  # a truncated or corrupt file fails in many ways (zip, pickle, key errors)
-        log.warning("checkpoint %s is unreadable (%s): starting over from scratch", path, error)
+        kept = set_aside(path)
+        log.warning("checkpoint %s is unreadable (%s): kept as %s, starting over from scratch", path, error, kept)
         return None
     if not matches:
         log.warning("checkpoint %s was written for another configuration: starting over", path)

@@ -93,7 +93,8 @@ class L2:
         self.params = backbone + head
         self.layers = _layer_indices(model, self.params)
         decay = 0.0 if self.never_hurt else self.weight_decay
-        return [{"params": backbone, "weight_decay": decay}, {"params": head, "weight_decay": decay}]
+        return [{"name": "backbone", "params": backbone, "weight_decay": decay},
+                {"name": "head", "params": head, "weight_decay": decay}]
 
     def add_gradients(self) -> None:
         if self.never_hurt:
@@ -121,8 +122,10 @@ class L2SP:
         self.pull = torch._foreach_mul(self.starting_point, -self.alpha)
         if self.never_hurt:
             self.layers = _layer_indices(model, self.backbone + self.head)
-            return [{"params": self.backbone, "weight_decay": 0.0}, {"params": self.head, "weight_decay": 0.0}]
-        return [{"params": self.backbone, "weight_decay": self.alpha}, {"params": self.head, "weight_decay": self.beta}]
+            return [{"name": "backbone", "params": self.backbone, "weight_decay": 0.0},
+                    {"name": "head", "params": self.head, "weight_decay": 0.0}]
+        return [{"name": "backbone", "params": self.backbone, "weight_decay": self.alpha},
+                {"name": "head", "params": self.head, "weight_decay": self.beta}]
 
     def add_gradients(self) -> None:
         if self.never_hurt:

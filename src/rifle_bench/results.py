@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 
 METRICS_FILE = "metrics.csv"
@@ -65,6 +66,13 @@ def metrics_columns(rows: list[dict]) -> list[str]:
     """The standard columns, then every other key of the rows in the order it first appears."""
     extra = [key for row in rows for key in row if key not in METRICS_COLUMNS]
     return METRICS_COLUMNS + list(dict.fromkeys(extra))
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a corrupt file or folder out of the way (never delete it: it may be evidence, or recoverable)."""
+    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(target)
+    return target
 
 
 def write_metrics(run_dir: Path, rows: list[dict]) -> None:

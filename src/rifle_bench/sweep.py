@@ -1,24 +1,33 @@
 """The cells of a `rifle-bench -m` sweep, their run directories, plan.json and the closing report.
 
 A cell is one job: one (dataset, model, regularizer, method, variant, seed). A method config's `grid` names the
-parameters a sweep expands; a parameter the user sets (`method.p=0.2`) is pinned instead, for the methods that
-have it. The Hydra plugin `hydra_plugins.rifle_bench_sweeper` drives these functions.
+parameters a sweep expands; a parameter the user sets (`method.p=0.2`, or `method.k=1,3` to sweep a subset) is
+pinned instead, and every swept method must have it. The Hydra plugin `hydra_plugins.rifle_bench_sweeper` drives
+these functions.
+
+Where a sweep lives: a preset names its directory (`outputs/sweeps/paper`); any other sweep gets
+`outputs/sweeps/<its command-line overrides, sorted by key>` (`sweep_name`), so that the same command finds its
+finished cells again while different commands never share a directory. plan.json keeps the union of the cells of
+every invocation that used the directory (table1 and table2 share `paper`), and the list of those invocations.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rifle_bench.results import RESULT_FILE, is_complete, write_atomic
 
@@ -45,9 +54,11 @@ class Cell:
         method = f"{self.method}({variant})" if variant else self.method
         return f"{self.dataset}/{self.model}/{self.regularizer}/{method}/seed={self.seed}"
 
-    def job_overrides(self) -> list[str]:
-        # hydra.* overrides set the job's config without showing in its task overrides.
-        return [*self.overrides, f"hydra.sweep.subdir='{self.name}'"]
+    def job_overrides(self, sweep_dir: str | Path) -> list[str]:
+        # hydra.* overrides set the job's config without showing in its task overrides. The sweep directory is
+        # passed on: a job composing the default (`sweep_name` of the task overrides) would name it after itself.
+        quoted = str(sweep_dir).replace("'", "\\'")
+        return [*self.overrides, f"hydra.sweep.dir='{quoted}'", f"hydra.sweep.subdir='{self.name}'"]
 
 
 def combinations(overrides: list[Override], parse: Callable[[list[str]], list[Override]]) -> list[list[Override]]:
@@ -77,18 +88,63 @@ def _parameter(setting: Override) -> str:
 def cell_name(overrides: list[tuple[str, str]], exclude_keys: list[str]) -> str:
     """`key=value` of each (key, override) pair not excluded, sorted by key and joined with `,`; file-name safe."""
     lines = [line for key, line in sorted(overrides) if key not in exclude_keys]
-    name = re.sub(r"[^\w.,=+-]", "_", ",".join(lines)) or "defaults"
+    return _fit(re.sub(r"[^\w.,=+-]", "_", ",".join(lines)) or "defaults")
+
+
+def sweep_name(task_overrides: list[str], exclude_keys: list[str]) -> str:
+    """The directory name of a sweep that no preset names, from its overrides as typed (sweeps included) sorted by
+    key, less `exclude_keys` (they do not change results) but `experiment`: `method=a,b seed=0` gives
+    `method-a+b_seed-0`, and so does `method=choice(a,b) seed=0`. No `=` or `,`, so that
+    `hydra.sweep.dir=outputs/sweeps/<name>` needs no quotes."""
+    parser = OverridesParser.create()
+
+    def as_typed(line: str) -> str:
+        try:
+            return _as_typed(parser.parse_override(line))
+        except HydraException:  # glob(...) lists a group's options only with a config loader
+            return line
+
+    excluded = [key for key in exclude_keys if key != "experiment"]
+    lines = [as_typed(line) for key, line in sorted((line.split("=", 1)[0].lstrip("+~"), line)
+                                                    for line in task_overrides) if key not in excluded]
+    return _fit(re.sub(r"[^\w.+-]", "_", "_".join(lines).replace("=", "-").replace(",", "+")) or "defaults")
+
+
+def _fit(name: str) -> str:
+    """`name`, or if it is too long for a file name, its start and a hash of the whole."""
     if len(name.encode()) > MAX_NAME_BYTES:
         name = f"{name[:200]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
     return name
 
 
+# config.yaml: hydra.sweep.dir: outputs/sweeps/${sweep_name:${hydra.overrides.task},${...exclude_keys}}
+if not OmegaConf.has_resolver("sweep_name"):
+    OmegaConf.register_new_resolver("sweep_name", lambda task, exclude: sweep_name(list(task), list(exclude)))
+
+
+def _as_typed(override: Override) -> str:
+    """`key=a,b` for a list sweep (`method.k=choice(3)`, which the CLI makes of `method.k=3`, shows as typed)."""
+    if override.is_discrete_sweep():
+        return f"{override.get_key_element()}={','.join(override.sweep_string_iterator())}"
+    return override.input_line
+
+
+def _lacking_parameter(typed: str, method: DictConfig, parameter: str) -> HydraException:
+    parameters = [key for key in method if key not in ("name", "_target_", "grid")]
+    has = f"its parameters: {', '.join(parameters)}" if parameters else "it has no parameters"
+    return HydraException(f"{typed}: method '{method.name}' has no parameter '{parameter}' ({has}); drop the pin "
+                          f"or sweep {method.name} separately")
+
+
 def plan_cells(overrides: list[Override], parse: Callable[[list[str]], list[Override]],
-               compose: Callable[[list[str]], DictConfig], exclude_keys: list[str]) -> list[Cell]:
-    """The sweep's cells, each method expanded into its grid variants except for the parameters set by the user."""
+               compose: Callable[[list[str]], DictConfig], exclude_keys: list[str],
+               grids: dict[str, dict[str, list]] | None = None) -> list[Cell]:
+    """The sweep's distinct cells, each method expanded into its grid variants (`grids[method]` where given, else
+    the method's own) except for the parameters set by the user (which every swept method must have).
+    Combinations that name the same cell (`seed=0,0`, `method=rifle,rifle`) give it once."""
     factors: dict[tuple[str, str | None], object] = {}
-    settings_given, settings_pinned = set(), set()
-    cells = []
+    typed = {override.get_key_element(): _as_typed(override) for override in overrides}
+    cells: dict[str, Cell] = {}
     for combination in combinations(overrides, parse):
         settings = [override for override in combination if _is_method_setting(override)]
         base = [override for override in combination if not _is_method_setting(override)]
@@ -99,27 +155,23 @@ def plan_cells(overrides: list[Override], parse: Callable[[list[str]], list[Over
             factors.update({(factor, choice): cfg[factor] for factor, choice in choices.items()})
         dataset, model, regularizer, method, seed = (factors[choice] for choice in choices.items())
 
-        pinned = [override for override in settings if _parameter(override) in method]
-        settings_given.update(override.input_line for override in settings)
-        settings_pinned.update(override.input_line for override in pinned)
-        pinned_values = {_parameter(override): override.value() for override in pinned}
-        grid = method.get("grid") or {}
+        for setting in settings:
+            if _parameter(setting) not in method:
+                raise _lacking_parameter(typed[setting.get_key_element()], method, _parameter(setting))
+        pinned_values = {_parameter(override): override.value() for override in settings}
+        grid = (grids or {}).get(method.name, method.get("grid") or {})
         free = {param: values for param, values in grid.items() if param not in pinned_values}
-        given = [(override.key_or_group, override.input_line) for override in base + pinned]
+        given = [(override.key_or_group, override.input_line) for override in base + settings]
         for values in itertools.product(*free.values()):
             chosen = {**pinned_values, **dict(zip(free, values))}
             job = given + [(f"method.{param}", f"method.{param}={json.dumps(chosen[param])}") for param in free]
-            cells.append(Cell(
-                overrides=[line for _, line in job], name=cell_name(job, exclude_keys),
+            name = cell_name(job, exclude_keys)
+            cells.setdefault(name, Cell(
+                overrides=[line for _, line in job], name=name,
                 dataset=dataset.name, model=model.name, regularizer=regularizer.name, method=method.name,
                 variant={param: chosen[param] for param in grid}, seed=seed,
             ))
-
-    unused = sorted(settings_given - settings_pinned)
-    if unused:
-        methods = ", ".join(sorted({cell.method for cell in cells}))
-        raise HydraException(f"{', '.join(unused)}: no method of this sweep ({methods}) has that parameter")
-    return cells
+    return list(cells.values())
 
 
 def run_status(run_dir: Path) -> str:
@@ -151,13 +203,31 @@ def describe_plan(sweep_dir: Path, cells: list[Cell], statuses: list[str], list_
     return "\n".join(lines)
 
 
-def write_plan(sweep_dir: Path, cells: list[Cell]) -> None:
-    """plan.json: the cells the sweep asks for, so that the report can tell which never started."""
-    plan = {"seeds": sorted({cell.seed for cell in cells}),
-            "cells": [{"dir": cell.name, "dataset": cell.dataset, "model": cell.model, "regularizer": cell.regularizer,
-                       "method": cell.method, "variant": cell.variant, "seed": cell.seed} for cell in cells]}
+def read_plan(sweep_dir: Path) -> dict:
+    """plan.json of a sweep directory: `cells` (each with its `dir`), `seeds` and `invocations`; empty if none."""
+    path = Path(sweep_dir) / PLAN_FILE
+    plan = json.loads(path.read_text()) if path.exists() else {}
+    return {"seeds": plan.get("seeds", []), "cells": plan.get("cells", []), "invocations": plan.get("invocations", [])}
+
+
+def write_plan(sweep_dir: Path, cells: list[Cell], overrides: list[str]) -> None:
+    """Add this invocation's cells to plan.json (the union over every invocation that used the directory, so
+    that the report and `rifle-bench-status` count every cell asked for) and record the invocation."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(sweep_dir / PLAN_FILE, json.dumps(plan, indent=1) + "\n")
+    # Two sweeps sharing a directory (table1 and table2 on SLURM) may start at once: merge one at a time.
+    with open(sweep_dir / f".{PLAN_FILE}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        plan = read_plan(sweep_dir)
+        planned = {cell["dir"]: cell for cell in plan["cells"]}
+        for cell in cells:
+            planned.setdefault(cell.name, {"dir": cell.name, "dataset": cell.dataset, "model": cell.model,
+                                           "regularizer": cell.regularizer, "method": cell.method,
+                                           "variant": cell.variant, "seed": cell.seed})
+        invocation = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": list(overrides),
+                      "cells": len(cells)}
+        merged = {"seeds": sorted({cell["seed"] for cell in planned.values()}), "cells": list(planned.values()),
+                  "invocations": [*plan["invocations"], invocation]}
+        write_atomic(sweep_dir / PLAN_FILE, json.dumps(merged, indent=1) + "\n")
 
 
 def report(sweep_dir: Path, cells: list[Cell], statuses_before: list[str]) -> int:
@@ -181,3 +251,56 @@ def report(sweep_dir: Path, cells: list[Cell], statuses_before: list[str]) -> in
           f"{counts[COMPLETE] - skipped} run now), {counts[FAILED]} failed, "
           f"{counts[INCOMPLETE] + counts[NEW]} incomplete", flush=True)
     return counts[FAILED]
+
+
+def invalid_cells(cells: list[Cell], parse: Callable[[list[str]], list[Override]],
+                  compose: Callable[[list[str]], DictConfig]) -> list[tuple[str, Exception]]:
+    """(cell, error) for every cell whose configuration cannot work, checked without launching anything.
+
+    Composing a config per cell would cost minutes for Table 1's 1,800 cells, so a cell's config is assembled: the
+    overrides other than group choices, seed and method settings are composed once, each group choice once, and
+    each distinct assembly (seeds aside) is validated once.
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rifle_bench.config import ConfigError, check_seed, validate
+
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    verdicts: dict[tuple[str, ...], Exception | None] = {}
+    problems = []
+
+    def compose_once(lines: tuple[str, ...]) -> DictConfig:
+        if lines not in composed:
+            composed[lines] = compose(list(lines))
+        return composed[lines]
+
+    for cell in cells:
+        parsed = parse(cell.overrides)
+        settings = [override for override in parsed if _is_method_setting(override)]
+        choices = [override for override in parsed if override.key_or_group in FACTORS[:-1]]
+        others = tuple(override.input_line for override in parsed
+                       if override not in settings and override not in choices and override.key_or_group != "seed")
+        key = others + tuple(override.input_line for override in choices + settings)
+        if key not in verdicts:
+            cfg = compose_once(others).copy()
+            try:
+                for choice in choices:
+                    cfg[choice.key_or_group] = compose_once(others + (choice.input_line,))[choice.key_or_group]
+                for setting in settings:
+                    OmegaConf.update(cfg, setting.key_or_group, setting.value(), merge=False)
+                validate(cfg, machine=False)
+                verdicts[key] = None
+            except ConfigError as error:
+                verdicts[key] = error
+            except OmegaConfBaseException as error:
+                first = str(error).splitlines()[0]
+                verdicts[key] = ConfigError(error.full_key or "method", error.value, first,
+                                            "a value of the key's type", "fix the value on the command line")
+        try:
+            check_seed(cell.seed)
+        except ConfigError as error:
+            problems.append((cell.describe(), error))
+            continue
+        if verdicts[key] is not None:
+            problems.append((cell.describe(), verdicts[key]))
+    return problems

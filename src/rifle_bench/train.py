@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from rifle_bench import data, methods, models, regularizers
+from rifle_bench import data, loggers, methods, models, regularizers
 from rifle_bench.checkpoint import CheckpointWriter, load_checkpoint
 from rifle_bench.data.loader import ImageBatches
 from rifle_bench.methods.base import cosine
 from rifle_bench.resources import image_threads, peak_rss_mb
-from rifle_bench.results import mark_completed, versions, write_metrics, write_result
+from rifle_bench.results import (experiment_id, mark_completed, training_fingerprint, versions, write_metrics,
+                                 write_result)
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,10 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
     trainer = cfg.trainer
     device = _device(trainer.device)
     torch.manual_seed(cfg.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not trainer.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":  # the numerics: trainer=paper is the authors' fp32 without TF32
+        torch.backends.cudnn.benchmark = trainer.cudnn_benchmark and not trainer.deterministic
+        torch.backends.cudnn.deterministic = trainer.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = trainer.tf32
 
     splits = data.prepare(cfg.dataset, trainer.resize, cfg.paths.cache, trainer.workers)
     timings["data_s"] = time.perf_counter() - clock
@@ -44,6 +46,9 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
 
     model = models.build(cfg.model.name, splits.num_classes, cfg.model.weights)
     method = methods.build(cfg.method)
+    # Resolved before a method wraps the backbone: wrapping moves module paths, not parameters.
+    probed = ({stage: model.backbone.get_submodule(path).weight for stage, path in model.stage_convs.items()}
+              if trainer.grad_norms else {})
     method.wrap_model(model)
     regularizer = regularizers.build(cfg.regularizer)
     channels_last = trainer.channels_last
@@ -59,7 +64,8 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
     batch_threads = 1 if device.type == "cpu" else image_threads(trainer.workers)
     batches = {split: ImageBatches(getattr(splits, split), crop=trainer.crop, batch_size=trainer.batch_size,
                                    train=split == "train", device=device, seed=cfg.seed,
-                                   channels_last=channels_last, threads=batch_threads) for split in ("train", "test")}
+                                   channels_last=channels_last, threads=batch_threads)
+               for split in ("train", "test", "val") if getattr(splits, split) is not None}
     timings["model_s"] = time.perf_counter() - clock
 
     epochs = trainer.epochs
@@ -70,48 +76,60 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
     write_s = 0.0
     bar = tqdm(total=epochs * len(batches["train"]), initial=len(rows) * len(batches["train"]), unit="step",
                desc=f"{cfg.dataset.name}/{cfg.method.name}/s{cfg.seed}", dynamic_ncols=True, disable=None)
-    with CheckpointWriter(run_dir, enabled=trainer.checkpoint) as checkpoints:
+    with CheckpointWriter(run_dir, enabled=trainer.checkpoint) as checkpoints, \
+            loggers.build(cfg.logger, run_dir) as logger:
         for epoch in range(len(rows), epochs):
             epoch_clock = time.perf_counter()
             model.train()  # before start_epoch: a method may put parts of the model back in eval mode
             reinit = method.start_epoch(epoch, epochs, model, optimizer)
             scheduled = cosine(epoch, epochs, trainer.lr) if trainer.schedule == "cosine" else trainer.lr
-            lrs = method.learning_rates(epoch, epochs, trainer.lr, scheduled)
-            for group, lr in zip(optimizer.param_groups, lrs):
-                group["lr"] = lr
+            lrs = dict(zip(("backbone", "head"), method.learning_rates(epoch, epochs, trainer.lr, scheduled)))
+            for group in optimizer.param_groups:
+                group["lr"] = lrs[group["name"]]
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
-            for images, labels in batches["train"].epoch(epoch):
+            grad_norms = {}
+            for step, (images, labels) in enumerate(batches["train"].epoch(epoch)):
                 targets = method.targets(labels, splits.num_classes)
                 with autocast:
                     logits = forward(images)
                     loss = F.cross_entropy(logits, targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if step == 0 and probed:  # the loss's gradient at the epoch's starting weights (paper, Fig. 2)
+                    grad_norms = _grad_norms(probed)
                 regularizer.add_gradients()
                 optimizer.step()
                 loss_sum += loss.detach() * len(labels)
                 correct += (logits.argmax(1) == labels).sum()
                 seen += len(labels)
                 bar.update()
+            method.end_epoch(model, batches["train"])
             train_loss = loss_sum.item() / seen  # the epoch's one host sync
             if not math.isfinite(train_loss):
                 raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower trainer.lr "
                                        f"or check the data")
-            row = {"epoch": epoch + 1, "lr_backbone": lrs[0], "lr_head": lrs[1], "head_reinit": int(reinit),
+            # The rates the optimizer's groups held during the epoch, read back from it.
+            row = {"epoch": epoch + 1, **{f"lr_{group['name']}": group["lr"] for group in optimizer.param_groups},
+                   "head_reinit": int(reinit),
                    "train_loss": round(train_loss, 6), "train_acc": round(100.0 * correct.item() / seen, 4),
                    "test_acc": None, "penalty": round(regularizer.penalty(), 6),
-                   **method.epoch_metrics(), **regularizer.epoch_metrics()}
+                   **method.epoch_metrics(), **regularizer.epoch_metrics(), **grad_norms}
+            if splits.val is not None:
+                row["val_acc"] = None
             row["epoch_s"] = round(time.perf_counter() - epoch_clock, 4)
             train_s += row["epoch_s"]
             if _evaluate_now(epoch, epochs, trainer.eval_every):
                 eval_clock = time.perf_counter()
                 row["test_acc"] = round(evaluate(model, batches["test"], autocast), 4)
+                if splits.val is not None:
+                    row["val_acc"] = round(evaluate(model, batches["val"], autocast), 4)
                 eval_s += time.perf_counter() - eval_clock
             rows.append(row)
             write_clock = time.perf_counter()
             write_metrics(run_dir, rows)
+            logger.log(row)
             checkpoints.save(model, optimizer, rows, eval_s, _fingerprint(cfg))  # written while the next epoch trains
             write_s += time.perf_counter() - write_clock
             bar.set_postfix(loss=f"{train_loss:.3f}", acc=row["test_acc"] if row["test_acc"] is not None else "-")
@@ -121,6 +139,8 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
     bar.close()
 
     final = rows[-1]
+    config = {key: OmegaConf.to_container(cfg[key], resolve=True, enum_to_str=True)
+              if OmegaConf.is_config(cfg[key]) else cfg[key] for key in cfg if key != "hydra"}
     timings.update(train_s=train_s, eval_s=eval_s, write_s=write_s)
     return {
         "status": "done", "error": None,
@@ -128,13 +148,22 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
         "regularizer": cfg.regularizer.name, "method": cfg.method.name, "variant": methods.variant(cfg.method),
         "seed": cfg.seed, "epochs": epochs, "test_acc": final["test_acc"], "train_acc": final["train_acc"],
         "train_loss": final["train_loss"], "n_train": len(splits.train), "n_test": len(splits.test),
+        "val_acc": final.get("val_acc"), "val_split": splits.val_split,
         "num_classes": splits.num_classes, "skipped_images": splits.skipped,
         "train_s": round(train_s, 3), "eval_s": round(eval_s, 3), "timings": {k: round(v, 3) for k, v in timings.items()},
         "peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": _peak_gpu_mb(device), "device": str(device),
-        "precision": _precision_name(autocast), "channels_last": channels_last, "compiled": compiled,
-        "config": {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-                   for key in cfg if key != "hydra"}, "versions": versions(),
+        "precision": _precision_name(autocast), "tf32": device.type == "cuda" and trainer.tf32,
+        "cudnn_benchmark": device.type == "cuda" and torch.backends.cudnn.benchmark,
+        "channels_last": channels_last, "compiled": compiled,
+        "config": config, "fingerprint": experiment_id(config), "versions": versions(),
     }
+
+
+@torch.no_grad()
+def _grad_norms(weights: dict[str, torch.Tensor]) -> dict[str, float]:
+    """`grad_norm_<stage>`: the Frobenius norm of each weight's gradient, to 6 significant digits."""
+    norms = torch.stack([torch.linalg.vector_norm(weight.grad.float()) for weight in weights.values()]).tolist()
+    return {f"grad_norm_{stage}": float(f"{norm:.6g}") for stage, norm in zip(weights, norms)}
 
 
 @torch.no_grad()
@@ -162,23 +191,17 @@ def _evaluate_now(epoch: int, epochs: int, every: int) -> bool:
     return epoch + 1 == epochs or (every > 0 and (epoch + 1) % every == 0)
 
 
-def _device(choice: str) -> torch.device:
+def _device(choice) -> torch.device:
+    """`choice`: trainer.device (auto, cpu or cuda); config.validate has refused cuda on a machine without it."""
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda but no CUDA device is available: use trainer.device=auto or cpu")
-    return torch.device(choice)
+    return torch.device(getattr(choice, "value", choice))
 
 
 def _autocast(precision: str, device: torch.device):
-    """bf16 autocast on GPUs that support it ('auto' or 'bf16'); fp32 otherwise (CPU autocast is slower here)."""
-    if precision not in {"auto", "bf16", "fp32"}:
-        raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got '{precision}'")
-    if precision == "fp32" or device.type != "cuda":
-        return nullcontext()
-    if not torch.cuda.is_bf16_supported():
-        if precision == "bf16":
-            raise RuntimeError("trainer.precision=bf16 but this GPU does not support bfloat16: use auto or fp32")
+    """bf16 autocast on a GPU ('bf16', or 'auto' where the GPU supports it); fp32 otherwise (CPU autocast is slower
+    here). config.validate has refused bf16 on a GPU without it."""
+    if precision == "fp32" or device.type != "cuda" or not torch.cuda.is_bf16_supported():
         return nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16)
 
@@ -193,8 +216,6 @@ def _precision_name(autocast) -> str:
 
 def _fingerprint(cfg: DictConfig) -> dict:
     """What a checkpoint must match to be resumed: everything that shapes the training trajectory."""
-    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-    for key in ("workers", "checkpoint", "keep_checkpoint", "eval_every"):
-        trainer.pop(key, None)
-    parts = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("dataset", "model", "regularizer", "method")}
-    return parts | {"trainer": trainer, "seed": cfg.seed}
+    sections = {key: OmegaConf.to_container(cfg[key], resolve=True, enum_to_str=True)
+                for key in ("dataset", "model", "regularizer", "method", "trainer")}
+    return training_fingerprint(sections | {"seed": cfg.seed})

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rifle_bench.results import set_aside
+
+log = logging.getLogger(__name__)
 CACHE_FORMAT = 2
 
 
@@ -77,6 +81,12 @@ def load_or_build(
     to skip). Decoding runs on `workers` threads (PIL releases the GIL).
     """
     target = entry_dir(Path(cache_root), dataset, split, resize, fingerprint_)
+    if _complete(target):
+        try:
+            return open_entry(target)
+        except CorruptEntry as error:
+            kept = set_aside(target)
+            log.warning("image cache entry %s is corrupt (%s): kept as %s, building it again", target, error, kept)
     if not _complete(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         with _exclusive_lock(target.with_name(target.name + ".lock")) as locked:
@@ -88,14 +98,26 @@ def load_or_build(
     return open_entry(target)
 
 
+class CorruptEntry(Exception):
+    """A cache entry whose files do not agree with its meta.json (truncated, overwritten, half-copied)."""
+
+
 def open_entry(path: Path) -> CachedSplit:
-    meta = json.loads((path / "meta.json").read_text())
+    """Map an entry after a load check: every file readable, sizes and counts as meta.json records them."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        index, labels = np.load(path / "index.npy"), np.load(path / "labels.npy")
+        size = (path / "pixels.bin").stat().st_size
+    except (OSError, ValueError, EOFError) as error:
+        raise CorruptEntry(f"{type(error).__name__}: {error}") from None
+    if size != meta["bytes"] or len(labels) != meta["n"] or len(index) != meta["n"]:
+        raise CorruptEntry(f"pixels.bin has {size} bytes and {len(labels)} labels, meta.json says "
+                           f"{meta['bytes']} bytes and {meta['n']} images")
     # Viewed as a plain ndarray (slicing an np.memmap runs Python code per slice); np.memmap cannot map
     # an empty file (a split whose every image was skipped).
     pixels = np.memmap(path / "pixels.bin", dtype=np.uint8, mode="r").view(np.ndarray) if meta["bytes"] \
         else np.zeros(0, np.uint8)
-    return CachedSplit(pixels=pixels, index=np.load(path / "index.npy"), labels=np.load(path / "labels.npy"),
-                       skipped=meta["skipped"], path=path)
+    return CachedSplit(pixels=pixels, index=index, labels=labels, skipped=meta["skipped"], path=path)
 
 
 def _complete(entry: Path) -> bool:

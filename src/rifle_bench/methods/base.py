@@ -5,17 +5,24 @@ from __future__ import annotations
 import math
 
 import torch
+from omegaconf import DictConfig
 
+from rifle_bench.data.loader import ImageBatches
 from rifle_bench.models import Classifier
 
 
 class Method:
     """Plain fine-tuning; subclasses override the hooks they need.
 
-    The training loop calls, in order: `wrap_model` once before the optimizer exists; per epoch
+    The constructor's parameters are the method's config keys (its schema, see rifle_bench.methods); `check`
+    refuses values that cannot work before anything runs. The training loop calls, in order: `wrap_model` once before the optimizer exists; per epoch
     `start_epoch` (returns True where the head was re-initialized) and `learning_rates`; per step `targets`;
-    at the end of each epoch `epoch_metrics` (extra metrics.csv columns).
+    after the epoch's last step `end_epoch` (may change weights; its time counts in the epoch's), then
+    `epoch_metrics` (extra metrics.csv columns).
     """
+
+    def check(self, cfg: DictConfig) -> None:
+        """Raise rifle_bench.config.ConfigError for a parameter out of range (`cfg` is the whole run's config)."""
 
     def wrap_model(self, model: Classifier) -> None:
         pass
@@ -29,6 +36,9 @@ class Method:
 
     def targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         return labels
+
+    def end_epoch(self, model: Classifier, train_batches: ImageBatches) -> None:
+        pass
 
     def epoch_metrics(self) -> dict:
         return {}

@@ -1,5 +1,6 @@
 from torch import nn
 
+from rifle_bench.config import check_probability
 from rifle_bench.methods.base import Method
 
 
@@ -8,6 +9,9 @@ class CNNDropout(Method):
 
     def __init__(self, p: float, channelwise: bool = False):
         self.p, self.channelwise = p, channelwise
+
+    def check(self, cfg):
+        check_probability(self.p, "method.p", "the paper's grid is 0.1, 0.2, 0.5")
 
     def wrap_model(self, model):
         drop = nn.Dropout2d if self.channelwise else nn.Dropout

@@ -1,5 +1,6 @@
 import torch
 
+from rifle_bench.config import check_probability
 from rifle_bench.methods.base import Method
 
 
@@ -9,6 +10,9 @@ class DisturbLabel(Method):
 
     def __init__(self, alpha: float):
         self.alpha = alpha
+
+    def check(self, cfg):
+        check_probability(self.alpha, "method.alpha", "the paper's grid is 0.05, 0.1, 0.2", upper_inclusive=True)
 
     def targets(self, labels, num_classes):
         disturbed = torch.rand(labels.shape, device=labels.device) < self.alpha

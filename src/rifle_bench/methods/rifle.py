@@ -1,6 +1,7 @@
 import torch
 from torch import nn
 
+from rifle_bench.config import check_periods, require
 from rifle_bench.methods.base import Method, cyclic_cosine, period_starts
 
 
@@ -15,10 +16,15 @@ class Rifle(Method):
 
     def __init__(self, k: int, reinit: bool = True, cyclic_head_lr: bool = True, init: str = "default",
                  init_std: float = 0.01, reset_momentum: bool = False):
-        if init not in {"default", "gaussian"}:
-            raise ValueError(f"method.init must be 'default' (nn.Linear.reset_parameters) or 'gaussian', got '{init}'")
         self.k, self.reinit, self.cyclic_head_lr = k, reinit, cyclic_head_lr
         self.init, self.init_std, self.reset_momentum = init, init_std, reset_momentum
+
+    def check(self, cfg):
+        check_periods(self.k, "method.k", self.k + 1, cfg, "re-initialization or cycle")
+        require(self.init in {"default", "gaussian"}, "method.init", self.init, "unknown initialization",
+                "default (nn.Linear.reset_parameters, the authors' code) or gaussian", "use method.init=default")
+        require(self.init_std > 0, "method.init_std", self.init_std, "the standard deviation must be positive",
+                "a number > 0", "use e.g. 0.01")
 
     def period_starts(self, epochs: int) -> list[int]:
         return period_starts(epochs, self.k + 1)

@@ -215,12 +215,14 @@ def test_a_method_option_outside_the_grid_makes_its_own_variant(tmp_path: Path):
 def test_result_fingerprint_is_the_checkpoint_fingerprint_less_the_seed(compose_cfg):
     def config_of(*overrides):
         cfg = compose_cfg(*overrides)
-        config = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-                  for key in cfg if key != "hydra"}
+        config = {key: OmegaConf.to_container(cfg[key], resolve=True, enum_to_str=True)  # as train.run writes it
+                  if OmegaConf.is_config(cfg[key]) else cfg[key] for key in cfg if key != "hydra"}
         return cfg, config
 
     cfg, config = config_of("seed=3", "trainer.epochs=2")
     assert results.training_fingerprint(config) == train._fingerprint(cfg)
+    # the report reads the config back from result.json and finds the id train.run stored beside it
+    assert results.experiment_id(json.loads(json.dumps(config, default=str))) == results.experiment_id(config)
     same = [config_of(*overrides)[1] for overrides in
             (["seed=0", "trainer.epochs=2"], ["seed=3", "trainer.epochs=2", "trainer.eval_every=1"])]
     assert {results.experiment_id(other) for other in same} == {results.experiment_id(config)}

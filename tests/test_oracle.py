@@ -155,6 +155,7 @@ def test_the_table_and_figure_come_from_the_finished_runs(tmp_path):
     table = (tmp_path / "oracle_table.md").read_text()
     assert "| finetune.k=2 | L2 + RIFLE | 1 | 1.00e-02 |" in table
     assert "1 unfinished or failed run(s) left out" in table
+    assert r"0.4800 $\pm$ 0.0141" in (tmp_path / "oracle_table.tex").read_text()
     csv = pd.read_csv(tmp_path / "oracle_table.csv", keep_default_na=False)
     assert len(csv) == 8  # 2 settings x (l2, rifle, init, teacher)
 

@@ -109,6 +109,15 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def latex(table: pd.DataFrame) -> str:
+    def tex(text):
+        if not isinstance(text, str):
+            return text
+        return text.replace("_", r"\_").replace("±", r"$\pm$").replace("<", "$<$")
+
+    return table.map(tex).rename(columns=tex).style.hide(axis="index").to_latex(hrules=True)
+
+
 def figure(summary: pd.DataFrame, runs: pd.DataFrame, png: Path, pdf: Path) -> dict:
     """Bars of mean test MSE and mean OT per method (error bars: one std over seeds, dots: single seeds), the
     paper's values as black diamonds; one row of panels per setting.
@@ -175,7 +184,7 @@ def write_report(sweep_dir: Path) -> Report | None:
     note = f"\n{len(skipped)} unfinished or failed run(s) left out: {', '.join(skipped)}\n" if skipped else ""
     write_atomic(md, markdown(table) + note)
     write_atomic(csv, summary.to_csv(index=False))
-    write_atomic(tex, table.style.hide(axis="index").to_latex(hrules=True))
+    write_atomic(tex, latex(table))
     plotted = figure(summary, runs, png, pdf)
     print(markdown(table) + note + f"\nwritten: {', '.join(str(p) for p in (md, csv, tex, png, pdf))}", flush=True)
     return Report(runs=runs, summary=summary, plotted=plotted, skipped=skipped)

@@ -43,9 +43,8 @@ def run_job(cfg: DictConfig) -> dict | None:
     validate(cfg)
     torch.set_num_threads(cfg.threads)
     result, log = experiment.run(cfg)
-    result.update(setting=setting(list(hydra_cfg.overrides.task)), run_dir=str(run_dir),
+    result.update(setting=setting(list(hydra_cfg.overrides.task)), run_dir=str(run_dir), threads=cfg.threads,
                   wall_s=round(time.perf_counter() - started, 3), cpu_s=round(time.process_time() - cpu_started, 3),
-                  threads=cfg.threads,
                   config=OmegaConf.to_container(cfg, enum_to_str=True), versions=versions())
     buffer = io.StringIO()
     pd.DataFrame(log).to_csv(buffer, index=False)

@@ -13,7 +13,8 @@ from rifle_bench.report.writer import ReportInputError, parse_selections, write_
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="rifle-bench-report",
-        description="Build the RIFLE paper's Tables 1 and 2 (results.csv, table*.md, table*.tex) from sweep directories.",
+        description="Build the RIFLE paper's Tables 1 and 2 (results.csv, table*.md, table*.tex) and figures "
+                    "(figure_*.png/.pdf: learning curves, gradient norms, per-table bars) from sweep directories.",
         epilog="Selection rules: " + "; ".join(f"{name}: {rule.title}" for name, rule in SELECTIONS.items()) + ".",
     )
     parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR")

@@ -246,6 +246,20 @@ def test_several_models_get_their_own_rows(tmp_path: Path):
     assert "CUB-200-2011 (mobilenet\\_v2)" in (tmp_path / "table1.tex").read_text()
 
 
+def test_a_table_whose_runs_mix_numerics_says_so(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    write_group(sweep, [80.0, 81.0], method="original")
+    write_group(sweep, [82.0, 83.0], method="rifle", variant={"k": 3})
+    assert "Mixed numerics" not in (write_report([sweep]), (sweep / "table1.md").read_text())[1]
+    for run_dir in sweep.glob("rifle*"):
+        result = json.loads((run_dir / "result.json").read_text())
+        (run_dir / "result.json").write_text(json.dumps(result | {"precision": "bf16", "tf32": True}))
+    write_report([sweep])
+    for table in ("table1.md", "table1.tex"):
+        assert "Mixed numerics: its runs trained in bf16+TF32 (2 runs), unrecorded (2 runs)" in (sweep / table).read_text()
+    assert "Mixed numerics" not in (sweep / "table2.md").read_text()  # RIFLE's runs alone are all bf16+TF32
+
+
 def test_latex_is_booktabs_and_ascii(sweep: Path):
     write_group(sweep, RIFLE[:2], dataset="cub", method="rifle", variant={"k": 3})
     write_report([sweep])

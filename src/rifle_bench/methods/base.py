@@ -15,7 +15,8 @@ class Method:
     """Plain fine-tuning; subclasses override the hooks they need.
 
     The constructor's parameters are the method's config keys (its schema, see rifle_bench.methods); `check`
-    refuses values that cannot work before anything runs. The training loop calls, in order: `wrap_model` once before the optimizer exists; per epoch
+    refuses values that cannot work before anything runs. The training loop calls, in order: `wrap_model` once
+    before the optimizer exists; per epoch
     `start_epoch` (returns True where the head was re-initialized) and `learning_rates`; per step `targets`;
     after the epoch's last step `end_epoch` (may change weights; its time counts in the epoch's), then
     `epoch_metrics` (extra metrics.csv columns).

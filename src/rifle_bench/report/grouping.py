@@ -19,7 +19,7 @@ from rifle_bench.report.records import COMPLETE, RunRecord, variant_label
 TABLE_ROW = ["model", "dataset", "regularizer"]
 ROW_KEYS = [*TABLE_ROW, "setting"]  # the runs that differ only in method, variant and seed
 VARIANT_KEYS = [*ROW_KEYS, "method", "variant"]
-RUN_COLUMNS = [*VARIANT_KEYS, "variant_dict", "seed", "test_acc", "val_acc", "fingerprint", "run_dir"]
+RUN_COLUMNS = [*VARIANT_KEYS, "variant_dict", "seed", "test_acc", "val_acc", "fingerprint", "numerics", "run_dir"]
 _ABSENT = "(absent)"  # a key one run's config has and another's lacks (written by another version)
 
 
@@ -38,7 +38,8 @@ def distinct_runs(records: list[RunRecord]) -> tuple[pd.DataFrame, list[RunRecor
     frame = pd.DataFrame(
         [{"model": run.model, "dataset": run.dataset, "regularizer": run.regularizer, "setting": setting,
           "method": run.method, "variant": variant_label(variant), "variant_dict": variant, "seed": run.seed,
-          "test_acc": run.test_acc, "val_acc": run.val_acc, "fingerprint": run.fingerprint, "run_dir": run.run_dir}
+          "test_acc": run.test_acc, "val_acc": run.val_acc, "fingerprint": run.fingerprint,
+          "numerics": run.numerics, "run_dir": run.run_dir}
          for run, setting, variant in zip(runs, settings, variants)],
         columns=RUN_COLUMNS,
     )

@@ -48,6 +48,7 @@ class RunRecord:
     versions: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)  # the training fingerprint less the seed, flat
     fingerprint: str | None = None  # its hash: equal for the seeds of one experiment
+    numerics: str | None = None  # the arithmetic it trained in: "fp32", "bf16", "fp32+TF32", ...
 
 
 def variant_label(variant: dict) -> str:
@@ -86,8 +87,16 @@ def read_run(run_dir: Path) -> RunRecord:
         versions=result.get("versions") or {},
         settings=settings,
         fingerprint=fingerprint,
+        numerics=numerics(result),
         **{name: result.get(name) for name in _RESULT_FIELDS},
     )
+
+
+def numerics(result: dict) -> str | None:
+    """The precision a run trained in, as its result.json records it (absent from early results)."""
+    if result.get("precision") is None:
+        return None
+    return result["precision"] + ("+TF32" if result.get("tf32") else "")
 
 
 def _training_settings(result: dict) -> tuple[dict, str]:

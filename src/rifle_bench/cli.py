@@ -15,13 +15,12 @@ from pathlib import Path
 import hydra
 import psutil
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rifle_bench import methods
 from rifle_bench.config import ConfigError, register, validate
-from rifle_bench.errors import user_error_lines
+from rifle_bench.errors import ConfigRefused, user_error_lines
 from rifle_bench.data.sources import DatasetError
 from rifle_bench.models import WeightsNotFound
 from rifle_bench.resources import gpu_of_its_own, use_cpu_threads
@@ -89,20 +88,6 @@ def run_job(cfg: DictConfig) -> dict | None:
     print(f"[done] {name}: test_acc {result['test_acc']:.2f}%  train {result['train_s']:.0f}s  "
           f"total {result['wall_s']:.0f}s  -> {run_dir}", flush=True)
     return result
-
-
-class ConfigRefused(BaseException):
-    """Carries a ConfigError past Hydra's callback runner, which turns an Exception into a mere warning."""
-
-
-class ValidateBeforeRun(Callback):
-    """Refuse a bad single-run configuration before Hydra creates its run directory (sweeps: the sweeper)."""
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        try:
-            validate(config, machine=True)
-        except ConfigError as error:
-            raise ConfigRefused() from error
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 
@@ -326,6 +327,18 @@ def register() -> None:
 
 def register_method(name: str, node: type[MethodConfig]) -> None:
     ConfigStore.instance().store(group="method", name=name, node=node, provider="rifle_bench")
+
+
+class ValidateBeforeRun(Callback):
+    """Refuse a bad single-run configuration before Hydra creates its run directory (sweeps: the sweeper)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from rifle_bench.errors import ConfigRefused
+
+        try:
+            validate(config, machine=True)
+        except ConfigError as error:
+            raise ConfigRefused() from error
 
 
 def validate(cfg: DictConfig, machine: bool = True) -> list[str]:

@@ -19,6 +19,10 @@ HIDDEN_OPTIONS = re.compile(r"_schema$")  # schemas share their group's folder i
 HELP = "see `rifle-bench --help` for the groups and keys"
 
 
+class ConfigRefused(BaseException):
+    """Carries a ConfigError past Hydra's callback runner, which turns an Exception into a mere warning."""
+
+
 class InvalidCells(Exception):
     """Cells of a sweep whose configuration cannot work: nothing was launched."""
 

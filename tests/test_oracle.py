@@ -24,13 +24,21 @@ SMALL = ["data.n_source=100", "data.n_target=100", "data.n_test=200", "teacher.e
          "finetune.k=1", "teacher.batch_size=20", "finetune.batch_size=20"]
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """A run sets torch's thread count (threads=1); later tests of the session keep their own."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def compose_oracle(*overrides: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="oracle", overrides=list(overrides))
 
 
 def test_each_seed_gives_the_same_result_twice_and_seeds_differ():
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # as a job does (threads=1)
     results = {}
     for seed in (0, 1):
         cfg = compose_oracle(*SMALL, f"seed={seed}")

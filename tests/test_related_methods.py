@@ -127,8 +127,8 @@ def test_random_freeze_run_with_dtnh_logs_frozen_layers_and_fired_fraction(compo
     result = train.run(cfg, tmp_path)
     with open(tmp_path / "metrics.csv") as file:
         rows = list(csv.DictReader(file))
-    method = RandomFreeze(seed=3)
-    method.layers = [None] * 52  # MobileNetV2's conv layers
+    method = RandomFreeze()
+    method.seed, method.layers = 3, [None] * 52  # the run seed; MobileNetV2's conv layers
     assert [int(row["frozen_count"]) for row in rows] == [0, 26]  # rates 1 and .5: the 8 stretched over 2 epochs
     assert [row["frozen_layers"] for row in rows] == [" ".join(map(str, method.frozen_layers(e, 2))) for e in range(2)]
     for row in rows:
@@ -193,8 +193,9 @@ def test_keep_imagenet_fc_frozen_stages_do_not_move_and_the_rest_trains(regulari
 # --- random freezing + Moore-Penrose FC ----------------------------------------------------------------
 
 def freezer(seed=0, **options):
-    model, images, labels = model_and_batch()
-    method = RandomFreeze(seed=seed, **options)
+    """A RandomFreeze wrapped around a model built as train.run builds it: after torch.manual_seed(run seed)."""
+    model, images, labels = model_and_batch(seed=seed)
+    method = RandomFreeze(**options)
     method.wrap_model(model)
     return method, model, images, labels
 
@@ -261,3 +262,22 @@ def test_mpi_blends_the_fc_weights_and_leaves_the_bias():
     blend_weights(head, solution, 0.5)
     assert torch.allclose(head.weight, 0.5 * weight + 0.5 * solution.T)
     assert torch.equal(head.bias, bias)
+
+
+def test_mpi_from_training_passes_accumulates_the_features_of_each_training_forward():
+    method, model, images, labels = freezer(mpi_features="train")
+    features = []
+    model.head.register_forward_pre_hook(lambda head, inputs: features.append(inputs[0].detach().clone()))
+    expected = RidgeAccumulator(model.head.in_features, 5, 1.0, torch.device("cpu"))
+    model.train()
+    method.start_epoch(0, 8, model, None)
+    for chunk in (slice(0, 4), slice(4, 6)):  # as the training loop: targets, then the forward pass
+        method.targets(labels[chunk], 5)
+        model(images[chunk])
+        expected.add(features[-1], labels[chunk])
+    model.eval()
+    model(images)  # evaluation forwards are not training features
+    assert torch.allclose(method._ridge.gram, expected.gram) and torch.allclose(method._ridge.cross, expected.cross)
+    weight = model.head.weight.detach().clone()
+    method.end_epoch(model, None)
+    assert torch.allclose(model.head.weight, 0.5 * weight + 0.5 * expected.solve().T.float(), atol=1e-6)

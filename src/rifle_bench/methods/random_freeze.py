@@ -6,8 +6,10 @@ stretched over E epochs): round((1 - r) * L) of the backbone's L conv layers, dr
 replacement from a stream seeded by (run seed, e), are frozen for the epoch together with their BatchNorm
 (`freeze_bn`). With `mpi`, after each epoch the FC weights W (c x d) are refined in closed form from the
 penultimate features H of the training set (eval mode, center crops, no augmentation) and targets
-T = 2*onehot - 1: W_ls = (H^T H + I/C)^-1 H^T T, accumulated batch by batch in float64, then
-W <- (1 - mpi_lr) * W + mpi_lr * W_ls^T; the bias is left as it is (as in the demo).
+T = 2*onehot - 1: W_ls = (H^T H + I/C)^-1 H^T T, accumulated batch by batch (solved in float64), then
+W <- (1 - mpi_lr) * W + mpi_lr * W_ls^T; the bias is left as it is (as in the demo). `mpi_features=train`
+takes H from the epoch's own training forward passes instead (augmented crops, train-mode BatchNorm, weights
+moving during the epoch: our shortcut, with no extra pass over the data).
 """
 
 from __future__ import annotations
@@ -56,13 +58,15 @@ def blend_weights(head: torch.nn.Linear, solution: torch.Tensor, mpi_lr: float) 
 
 
 class RandomFreeze(Method):
-    def __init__(self, seed: int = 0, rates: tuple[float, ...] = AUTHORS_RATES, freeze_bn: bool = True,
-                 mpi: bool = True, mpi_lr: float = 0.5, ridge_c: float = 1.0):
-        self.seed, self.rates, self.freeze_bn = seed, list(rates), freeze_bn
-        self.mpi, self.mpi_lr, self.ridge_c = mpi, mpi_lr, ridge_c
+    def __init__(self, rates: tuple[float, ...] = AUTHORS_RATES, freeze_bn: bool = True, mpi: bool = True,
+                 mpi_lr: float = 0.5, ridge_c: float = 1.0, mpi_features: str = "pass"):
+        self.rates, self.freeze_bn = list(rates), freeze_bn
+        self.mpi, self.mpi_lr, self.ridge_c, self.mpi_features = mpi, mpi_lr, ridge_c, mpi_features
         self.frozen: list[int] = []
         self.mpi_s = 0.0
         self._plain_batches: ImageBatches | None = None
+        self._ridge: RidgeAccumulator | None = None
+        self._labels: torch.Tensor | None = None
 
     def check(self, cfg):
         require(bool(self.rates) and all(0.0 <= rate <= 1.0 for rate in self.rates), "method.rates", self.rates,
@@ -72,11 +76,25 @@ class RandomFreeze(Method):
                 "the authors' demo uses 0.5")
         require(self.ridge_c > 0, "method.ridge_c", self.ridge_c, "must be positive", "C > 0 (the ridge term is "
                 "I/C)", "use e.g. method.ridge_c=1")
+        require(self.mpi_features in {"pass", "train"}, "method.mpi_features", self.mpi_features, "unknown source "
+                "of features", "pass (a pass over the training images after the epoch, as the authors) or train "
+                "(the epoch's own training forward passes)", "use method.mpi_features=pass")
 
     def wrap_model(self, model):
+        self.seed = torch.initial_seed()  # the run seed: train.run seeds torch with it before building the model
         self.layers = conv_layers(model.backbone)
         if not self.freeze_bn:
             self.layers = [layer[:1] for layer in self.layers]
+        if self.mpi and self.mpi_features == "train":
+            model.head.register_forward_pre_hook(self._accumulate_training_features)
+
+    def _accumulate_training_features(self, head: torch.nn.Linear, inputs: tuple[torch.Tensor]) -> None:
+        if head.training and self._ridge is not None:
+            self._ridge.add(inputs[0].detach().flatten(1), self._labels)
+
+    def targets(self, labels, num_classes):
+        self._labels = labels  # for the features of this step's forward pass (mpi_features=train)
+        return labels
 
     def rate(self, epoch: int, epochs: int) -> float:
         return self.rates[epoch * len(self.rates) // epochs]
@@ -92,6 +110,9 @@ class RandomFreeze(Method):
         frozen = set(self.frozen)
         set_frozen([m for i, layer in enumerate(self.layers) if i not in frozen for m in layer], False)
         set_frozen([m for i in self.frozen for m in self.layers[i]], True)
+        if self.mpi and self.mpi_features == "train":
+            head = model.head
+            self._ridge = RidgeAccumulator(head.in_features, head.out_features, self.ridge_c, head.weight.device)
         return False
 
     def end_epoch(self, model, train_batches):
@@ -100,14 +121,17 @@ class RandomFreeze(Method):
             return
         clock = time.perf_counter()
         head = model.head
-        ridge = RidgeAccumulator(head.in_features, head.out_features, self.ridge_c, head.weight.device)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            for images, labels in self._center_crops(train_batches).epoch(0):
-                ridge.add(model.head_input(model.backbone(images)).flatten(1), labels)
-            blend_weights(head, ridge.solve(), self.mpi_lr)
-        model.train(was_training)
+        if self.mpi_features == "train":
+            ridge, self._ridge = self._ridge, None
+        else:
+            ridge = RidgeAccumulator(head.in_features, head.out_features, self.ridge_c, head.weight.device)
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                for images, labels in self._center_crops(train_batches).epoch(0):
+                    ridge.add(model.head_input(model.backbone(images)).flatten(1), labels)
+            model.train(was_training)
+        blend_weights(head, ridge.solve(), self.mpi_lr)
         self.mpi_s = time.perf_counter() - clock
 
     def _center_crops(self, train_batches: ImageBatches) -> ImageBatches:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
+from torchvision.models.resnet import BasicBlock
 from torchvision.ops import StochasticDepth as DropPath
 
 from rifle_bench import methods, models
+from rifle_bench.cli import CONFIG_DIR
 from rifle_bench.methods.base import Method, cosine, cyclic_cosine, period_starts
 from rifle_bench.methods.cnn_dropout import CNNDropout
 from rifle_bench.methods.cyclic_lr import CyclicLR
@@ -106,31 +110,41 @@ def test_rifle_configs_map_to_the_three_variants(compose_cfg):
         assert (method.reinit, method.cyclic_head_lr, method.k) == (reinit, cyclic, 3)
 
 
-def test_rifle_reinit_resets_the_head_like_a_fresh_linear_and_keeps_momentum_by_default():
+def trained_resnet18():
+    """A ResNet-18 classifier after one SGD step (momentum buffers exist, BN statistics moved) and its optimizer."""
     torch.manual_seed(0)
     model = tiny_model("resnet18")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     optimizer.step()
+    return model, optimizer
+
+
+def test_rifle_reinit_resets_weight_and_bias_like_a_fresh_linear_touches_no_backbone_state_keeps_momentum():
+    model, optimizer = trained_resnet18()
     with torch.no_grad():
         model.head.weight.fill_(3.0)
-    backbone_before = [p.detach().clone() for p in model.backbone.parameters()]
+        model.head.bias.fill_(3.0)
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}  # parameters and BN statistics
     assert Rifle(k=1).start_epoch(1, 2, model, optimizer)
     bound = 1 / math.sqrt(model.head.in_features)  # nn.Linear.reset_parameters: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    assert model.head.weight.abs().max() <= bound and model.head.weight.std() > bound / 4
-    assert all(torch.equal(a, b) for a, b in zip(backbone_before, model.backbone.parameters()))
+    for parameter in (model.head.weight, model.head.bias):
+        assert parameter.abs().max() <= bound and parameter.std() > bound / 4
+    backbone_after = model.backbone.state_dict()
+    assert all(torch.equal(value, backbone_after[key]) for key, value in backbone_before.items())
     assert "momentum_buffer" in optimizer.state[model.head.weight]
 
 
 def test_rifle_reset_momentum_and_gaussian_init_options():
-    model = tiny_model("resnet18")
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model(torch.randn(2, 3, 32, 32)).sum().backward()
-    optimizer.step()
+    model, optimizer = trained_resnet18()
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     Rifle(k=1, init="gaussian", init_std=0.001, reset_momentum=True).start_epoch(1, 2, model, optimizer)
-    assert model.head.weight not in optimizer.state
+    assert model.head.weight not in optimizer.state and model.head.bias not in optimizer.state
     assert model.head.weight.std().item() == pytest.approx(0.001, rel=0.2)
     assert torch.count_nonzero(model.head.bias) == 0
+    backbone_after = model.backbone.state_dict()
+    assert all(torch.equal(value, backbone_after[key]) for key, value in backbone_before.items())
+    assert all(p in optimizer.state for p in model.backbone.parameters())
 
 
 # --- dropout family --------------------------------------------------------------------------------------
@@ -142,31 +156,54 @@ def test_dropout_sits_on_the_fc_input(backbone):
     assert isinstance(model.head_input, nn.Dropout) and model.head_input.p == 0.2
 
 
-def test_dropconnect_masks_weights_not_inputs_with_fresh_mask_per_step_and_identity_at_eval():
+def dropconnect_masks(p: float, examples: int = 256, inputs: int = 20, outputs: int = 8):
+    """The keep-masks a training forward pass drew, read back exactly from its outputs, and the layer.
+
+    With W[o, i] = 2^i, b[o] = 2^inputs and every input 1, output (b, o) times (1-p) is the integer whose bits are
+    the mask of example b on row o of [W b]: bit i for weight (o, i), bit `inputs` for the bias."""
+    linear = nn.Linear(inputs, outputs)
+    with torch.no_grad():
+        linear.weight.copy_(2.0 ** torch.arange(inputs).expand(outputs, inputs))
+        linear.bias.fill_(2.0 ** inputs)
+    layer = DropConnectLinear(linear, p).train()
+    out = layer(torch.ones(examples, inputs))
+    bits = torch.round(out * (1 - p)).long()
+    assert torch.allclose(out, bits / (1 - p))  # each kept weight scaled by exactly 1/(1-p)
+    assert 0 <= bits.min() and bits.max() < 2 ** (inputs + 1)
+    return (bits.unsqueeze(-1) >> torch.arange(inputs + 1)) & 1, out, layer
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropconnect_draws_a_mask_per_example_over_weights_and_bias(p):
     torch.manual_seed(0)
-    model = nn.Module()
-    model.head = nn.Linear(200, 50)
-    DropConnect(p=0.5).wrap_model(model)
-    layer = model.head
-    assert isinstance(layer, DropConnectLinear) and isinstance(layer, nn.Linear)
-    x = torch.ones(1, 200)
+    keep, _, _ = dropconnect_masks(p)  # examples x outputs x (inputs + bias)
+    assert keep.float().mean().item() == pytest.approx(1 - p, abs=0.02)
+    # Each weight and the bias, seen across the examples, is kept with probability 1-p: a mask shared by the
+    # mini-batch keeps every weight for all examples or for none, an unmasked bias keeps it for all.
+    per_connection = keep.float().mean(0)
+    assert per_connection.min() > 1 - p - 0.25 and per_connection.max() < 1 - p + 0.25
+    assert keep[..., -1].float().mean().item() == pytest.approx(1 - p, abs=0.03)
+    # Connections, not inputs, are dropped: one example's input is kept for some outputs and dropped for others.
+    weights = keep[..., :-1]
+    same_for_all_outputs = (weights.amin(1) == weights.amax(1)).float().mean().item()
+    assert same_for_all_outputs < 0.2
 
-    def effective_weight():  # W' recovered from the outputs of one batch of one-hot inputs
-        return (layer(torch.eye(200)) - layer.bias).T
 
-    layer.train()
-    first, second = effective_weight(), effective_weight()
-    # Every effective weight is either 0 or w/(1-p): a mask on the weights, scaled by 1/(1-p).
-    scaled = layer.weight.detach() / 0.5
-    for masked in (first, second):
-        assert torch.all((masked == 0) | torch.isclose(masked, scaled))
-        assert 0.4 < (masked == 0).float().mean() < 0.6
-    assert not torch.equal(first == 0, second == 0)  # a new mask each forward pass
-    # The input is not dropped: with a batch of identical inputs, each row shares one mask.
-    out = layer(x.repeat(4, 1))
-    assert torch.allclose(out[0], out[1])
-    layer.eval()
-    assert torch.allclose(layer(x), x @ layer.weight.T + layer.bias)
+def test_dropconnect_backward_follows_each_examples_mask():
+    torch.manual_seed(0)
+    keep, out, layer = dropconnect_masks(0.5, examples=32)
+    out.sum().backward()
+    # d(sum of outputs)/dW[o, i] = 1/(1-p) * sum over examples of mask * input (inputs are 1); the bias likewise.
+    expected = keep.sum(0).float() / 0.5
+    assert torch.equal(layer.weight.grad, expected[:, :-1]) and torch.equal(layer.bias.grad, expected[:, -1])
+
+
+def test_dropconnect_is_the_plain_layer_at_eval():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 10)
+    layer = DropConnectLinear(linear, 0.5).eval()
+    x = torch.randn(16, 64)
+    assert torch.equal(layer(x), nn.functional.linear(x, linear.weight, linear.bias))
 
 
 def test_dropconnect_keeps_the_same_parameters_for_reinit_and_regularizers():
@@ -190,39 +227,132 @@ def test_cnn_dropout_follows_each_backbone_stage(backbone, n_stages):
 
 # --- stochastic depth ------------------------------------------------------------------------------------
 
-def test_stochastic_depth_probabilities_rise_linearly_to_one_half():
-    probabilities = StochasticDepth().drop_probabilities(16)  # ResNet-50 has 16 bottleneck blocks
-    assert probabilities == pytest.approx([(l / 16) * 0.5 for l in range(1, 17)])
-    assert probabilities[-1] == 0.5
+def test_stochastic_depth_survival_falls_linearly_from_block_1_to_one_half_at_block_L():
+    survival = StochasticDepth().survival_probabilities(16)  # ResNet-50 has 16 bottleneck blocks
+    assert survival == pytest.approx([1 - (l / 16) * 0.5 for l in range(1, 17)])
+    assert survival[0] == pytest.approx(1 - 0.5 / 16) and survival[-1] == 0.5
 
 
+def wrapped_blocks(model: models.Classifier) -> list[ResidualWithDrop]:
+    return [model.backbone.get_submodule(path) for path in model.residual_blocks]
+
+
+@pytest.mark.parametrize("mode", ["batch", "row"])
 @pytest.mark.parametrize("backbone, n_blocks", [("resnet50", 16), ("resnet18", 8), ("mobilenet_v2", 10)])
-def test_stochastic_depth_wraps_every_residual_block_with_torchvision_op(backbone, n_blocks):
+def test_stochastic_depth_wraps_every_residual_block_in_order(backbone, n_blocks, mode):
     model = tiny_model(backbone)
-    StochasticDepth().wrap_model(model)
-    wrapped = [m for m in model.backbone.modules() if isinstance(m, ResidualWithDrop)]
-    assert len(wrapped) == n_blocks
-    assert all(isinstance(w.drop, DropPath) and w.drop.mode == "row" for w in wrapped)
-    assert wrapped[-1].drop.p == 0.5 and wrapped[0].drop.p == pytest.approx(0.5 / n_blocks)
+    StochasticDepth(mode=mode).wrap_model(model)
+    blocks = wrapped_blocks(model)
+    assert len(blocks) == n_blocks == sum(isinstance(m, ResidualWithDrop) for m in model.modules())
+    assert [b.survival for b in blocks] == pytest.approx([1 - (l / n_blocks) * 0.5 for l in range(1, n_blocks + 1)])
+    assert all(b.mode == mode for b in blocks)
+    if mode == "row":
+        assert all(isinstance(b.drop, DropPath) and b.drop.mode == "row" and b.drop.p == pytest.approx(1 - b.survival)
+                   for b in blocks)
+
+
+@pytest.fixture
+def one_thread():
+    """Hundreds of tiny forward passes: several threads would spend their time waking each other up."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("survival", [0.5, 0.9])
+def test_stochastic_depth_batch_mode_runs_the_branch_with_the_survival_probability(survival, one_thread):
+    torch.manual_seed(0)
+    block = BasicBlock(2, 2)
+    runs = []
+    block.conv1.register_forward_hook(lambda *_: runs.append(1))
+    wrapped = ResidualWithDrop(block, survival, mode="batch").train()
+    steps = 400
+    with torch.no_grad():
+        for _ in range(steps):
+            wrapped(torch.randn(2, 2, 2, 2))
+    assert len(runs) / steps == pytest.approx(survival, abs=4 * math.sqrt(survival * (1 - survival) / steps))
+
+
+def resnet_block_parts(block, x):
+    """(residual branch, shortcut) of a torchvision BasicBlock in its current mode, from its own layers."""
+    branch = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))
+    return branch, x if block.downsample is None else block.downsample(x)
+
+
+def test_stochastic_depth_batch_mode_keeps_or_drops_the_branch_for_the_whole_mini_batch_unscaled():
+    torch.manual_seed(0)
+    block = tiny_model("resnet18").backbone.layer2[0]  # has a downsampling shortcut
+    x = torch.randn(8, 64, 8, 8)
+    wrapped = ResidualWithDrop(block, survival=0.5, mode="batch").train()
+    with torch.no_grad():
+        branch, shortcut = resnet_block_parts(block, x)
+        kept, dropped = torch.relu(branch + shortcut), torch.relu(shortcut)
+        outcomes = []
+        for _ in range(24):
+            out = wrapped(x)
+            rows_kept = [torch.allclose(o, k, atol=1e-5) for o, k in zip(out, kept)]
+            rows_dropped = [torch.allclose(o, d, atol=1e-5) for o, d in zip(out, dropped)]
+            assert all(a != b for a, b in zip(rows_kept, rows_dropped))  # each row is one of the two
+            assert all(rows_kept) or all(rows_dropped)  # one decision for the whole mini-batch
+            outcomes.append(all(rows_kept))
+    assert 3 < sum(outcomes) < 21
+
+
+def test_stochastic_depth_row_mode_gates_each_example_and_scales_kept_branches_by_1_over_survival():
+    torch.manual_seed(0)
+    block = tiny_model("resnet18").backbone.layer1[0]
+    x = torch.randn(64, 64, 4, 4)
+    wrapped = ResidualWithDrop(block, survival=0.5, mode="row").train()
+    with torch.no_grad():
+        branch, shortcut = resnet_block_parts(block, x)
+        out = wrapped(x)
+    kept = [torch.allclose(o, k, atol=1e-5) for o, k in zip(out, torch.relu(branch / 0.5 + shortcut))]
+    dropped = [torch.allclose(o, d, atol=1e-5) for o, d in zip(out, torch.relu(shortcut))]
+    assert all(a != b for a, b in zip(kept, dropped)) and 16 < sum(kept) < 48
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_stochastic_depth_is_exact_identity_of_the_block_at_eval(backbone):
+def test_stochastic_depth_batch_mode_scales_each_branch_by_its_survival_at_test_time(backbone):
+    torch.manual_seed(0)
+    # Reference: the plain network with each residual branch's last BatchNorm (affine at eval) multiplied by p_l.
+    reference = tiny_model(backbone).eval()
+    wrapped = tiny_model(backbone)
+    wrapped.load_state_dict(reference.state_dict())
+    StochasticDepth(mode="batch").wrap_model(wrapped)
+    wrapped.eval()
+    for path, block in zip(reference.residual_blocks, wrapped_blocks(wrapped)):
+        plain = reference.backbone.get_submodule(path)
+        last_bn = plain.conv[-1] if hasattr(plain, "conv") else plain.bn3 if hasattr(plain, "bn3") else plain.bn2
+        with torch.no_grad():
+            last_bn.weight.mul_(block.survival)
+            last_bn.bias.mul_(block.survival)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(wrapped(x), reference(x), atol=1e-5)
+        assert not torch.allclose(wrapped(x), tiny_model(backbone).eval()(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_stochastic_depth_row_mode_is_the_plain_block_at_eval(backbone):
     torch.manual_seed(0)
     plain = tiny_model(backbone).eval()
     wrapped = tiny_model(backbone)
     wrapped.load_state_dict(plain.state_dict())
-    StochasticDepth().wrap_model(wrapped)
+    StochasticDepth(mode="row").wrap_model(wrapped)
     wrapped.eval()
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(plain(x), wrapped(x), atol=1e-5)
 
 
-def test_stochastic_depth_drops_whole_residual_branches_per_sample():
-    block = tiny_model("resnet18").backbone.layer1[0]
-    dropped = ResidualWithDrop(block, p=1.0 - 1e-9).train()  # branch always dropped: out = relu(shortcut)
-    x = torch.randn(3, 64, 8, 8)
-    assert torch.allclose(dropped(x), torch.relu(x))
+@pytest.mark.parametrize("mode", ["batch", "row"])
+def test_stochastic_depth_trains_through_dropped_blocks(mode):
+    torch.manual_seed(0)
+    model = tiny_model("resnet18")
+    StochasticDepth(last_survival=0.01, mode=mode).wrap_model(model)  # most late blocks dropped
+    model.train()
+    nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
+    assert model.backbone.conv1.weight.grad is not None and torch.isfinite(model.backbone.conv1.weight.grad).all()
 
 
 # --- DisturbLabel and cyclic lr ---------------------------------------------------------------------------
@@ -268,3 +398,21 @@ def test_every_method_config_builds_with_its_grid(compose_cfg, key):
         loss = nn.functional.cross_entropy(logits, method.targets(torch.tensor([0, 1]), 5))
         loss.backward()
         assert torch.isfinite(loss)
+
+
+# --- paper grids (DESIGN.md section 3), read from the shipped configs -----------------------------------------
+
+PAPER_GRIDS = {"original": {}, "dropout": {"p": [0.1, 0.2, 0.5]}, "dropconnect": {"p": [0.1, 0.2, 0.5]},
+               "cnn_dropout": {"p": [0.1, 0.2, 0.5]}, "stochastic_depth": {}, "cyclic_lr": {"n_cycles": [2, 3, 4]},
+               "disturb_label": {"alpha": [0.05, 0.1, 0.2]}, "rifle": {"k": [1, 2, 3]}, "rifle_a": {"k": [1, 2, 3]},
+               "rifle_b": {"k": [1, 2, 3]}}
+
+
+@pytest.mark.parametrize("key", METHOD_KEYS)
+def test_each_shipped_method_config_holds_the_papers_grid(compose_cfg, key):
+    assert set(METHOD_KEYS) == set(PAPER_GRIDS)
+    shipped = OmegaConf.load(Path(CONFIG_DIR) / "method" / f"{key}.yaml")
+    assert OmegaConf.to_container(shipped.grid) == PAPER_GRIDS[key]
+    composed = compose_cfg(f"method={key}").method
+    assert OmegaConf.to_container(composed.grid) == PAPER_GRIDS[key]
+    assert methods.variant(composed).keys() == PAPER_GRIDS[key].keys()

@@ -25,7 +25,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 COMPLETED_FILE = "COMPLETED"
 # The columns every run writes, first; methods and options add their own after these (see `metrics_columns`).
 # Trainer keys that say how a run is watched, stored or parallelized, not what it trains.
-_NOT_TRAINING_KEYS = ("workers", "checkpoint", "keep_checkpoint", "eval_every")
+_NOT_TRAINING_KEYS = ("workers", "checkpoint", "keep_checkpoint", "eval_every", "grad_norms")  # measure, not shape
 _TRAINING_SECTIONS = ("dataset", "model", "regularizer", "method")
 METRICS_COLUMNS = ["epoch", "lr_backbone", "lr_head", "head_reinit", "train_loss", "train_acc", "test_acc",
                    "penalty", "epoch_s"]

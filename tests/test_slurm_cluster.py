@@ -117,10 +117,11 @@ def planned_cells(sweep: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def attached_sweep(cluster, tmp_path_factory):
-    """Two cells (seeds 0 and 1) through the slurm launcher, the command waiting for them."""
+    """Two cells (seeds 0 and 1) through the slurm launcher, one at a time, the command waiting for them."""
     sweep = tmp_path_factory.mktemp("attached") / "sweep"
     env = {"RIFLE_BENCH_CACHE": str(tmp_path_factory.getbasetemp() / "image-cache")}
-    completed = run_cli("-m", *TWO_SEEDS, *ON_CLUSTER, f"hydra.sweep.dir={sweep}", cwd=sweep.parent, env=env)
+    completed = run_cli("-m", *TWO_SEEDS, *ON_CLUSTER, "hydra.launcher.array_parallelism=1",
+                        f"hydra.sweep.dir={sweep}", cwd=sweep.parent, env=env)
     return sweep, completed
 
 
@@ -132,7 +133,7 @@ def test_a_sweep_runs_on_the_cluster_writes_its_tables_and_status_shows_its_jobs
         [("done", 0, 1), ("done", 1, 1)]  # one thread each: SLURM_CPUS_PER_TASK
     assert (sweep / "results.csv").exists() and (sweep / "table1.md").exists()
     script = next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
-    for line in ("#SBATCH --array=0-1%2", "#SBATCH --partition=cpu", "#SBATCH --cpus-per-task=1", "#SBATCH --mem=1GB",
+    for line in ("#SBATCH --partition=cpu", "#SBATCH --cpus-per-task=1", "#SBATCH --mem=1GB",
                  "#SBATCH --requeue"):
         assert line in script
     assert "--gpus-per-node" not in script  # gpus_per_node=0: no GPU asked of a CPU partition
@@ -226,10 +227,8 @@ def test_a_cancelled_and_a_failing_cell_leave_the_others_running_and_a_rerun_run
     assert "†(1/2)" not in (sweep / "table1.md").read_text()  # both seeds of both rows complete
 
 
-def test_a_sweep_larger_than_the_array_parallelism_queues_and_completes(cluster, tmp_path):
-    sweep = tmp_path / "sweep"
-    completed = run_cli("-m", *TWO_SEEDS, *ON_CLUSTER, "hydra.launcher.array_parallelism=1",
-                        f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+def test_a_sweep_larger_than_the_array_parallelism_queues_and_completes(attached_sweep):
+    sweep, completed = attached_sweep  # two cells, array_parallelism=1
 
     assert "2 complete (0 skipped, 2 run now), 0 failed" in completed.stdout
     assert "#SBATCH --array=0-1%1" in next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()

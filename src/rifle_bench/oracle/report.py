@@ -21,7 +21,8 @@ from rifle_bench.results import RESULT_FILE, is_complete, write_atomic
 
 LABELS = {"l2": "L2", "rifle": "L2 + RIFLE", "rifle_a": "L2 + RIFLE-A", "rifle_b": "L2 + RIFLE-B",
           "init": "W1' at random init", "teacher": "W1' after pre-training"}
-TICKS = {"init": "W1' at\nrandom init", "teacher": "W1' after\npre-training"}
+TICKS = {"rifle": "L2 +\nRIFLE", "rifle_a": "L2 +\nRIFLE-A", "rifle_b": "L2 +\nRIFLE-B",
+         "init": "W1' at\nrandom init", "teacher": "W1' after\npre-training"}
 REFERENCES = ("init", "teacher")  # OT of the teacher's first layer, for scale: no fine-tuning, no test MSE
 FILES = ("oracle_table.md", "oracle_table.csv", "oracle_table.tex", "oracle.png", "oracle.pdf")
 
@@ -118,51 +119,65 @@ def latex(table: pd.DataFrame) -> str:
     return table.map(tex).rename(columns=tex).style.hide(axis="index").to_latex(hrules=True)
 
 
+def _distinct(settings: list[str]) -> dict[str, str]:
+    """Each setting shown by the overrides that tell it apart from the others (all of them when alone)."""
+    items = {setting: setting.split(",") if setting else [] for setting in settings}
+    common = set.intersection(*(set(i) for i in items.values())) if len(settings) > 1 else set()
+    return {setting: ",".join(i for i in items[setting] if i not in common) for setting in settings}
+
+
 def figure(summary: pd.DataFrame, runs: pd.DataFrame, png: Path, pdf: Path) -> dict:
     """Bars of mean test MSE and mean OT per method (error bars: one std over seeds, dots: single seeds), the
     paper's values as black diamonds; one row of panels per setting.
 
     Returns the plotted bar heights, {(setting, "test_mse" or "ot"): {method: mean}}.
     """
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     settings = list(dict.fromkeys(summary["setting"]))
-    fig, axes = plt.subplots(len(settings), 2, figsize=(9, 3.4 * len(settings) + 0.6), squeeze=False)
+    titles = _distinct(settings)
+    methods = summary.loc[~summary["method"].isin(REFERENCES)].groupby("setting")["method"].count().max()
+    mse_bars, ot_bars = methods, methods + len(REFERENCES)
+    fig, axes = plt.subplots(len(settings), 2, figsize=(max(9.0, 0.9 * (mse_bars + ot_bars) + 3),
+                                                        3.4 * len(settings) + 0.6),
+                             squeeze=False, width_ratios=[mse_bars + 1, ot_bars + 1])
+    mse_scale = 10.0 ** math.floor(math.log10(summary["test_mse_mean"].max()))
     plotted = {}
     for row, setting in enumerate(settings):
         rows = summary[summary["setting"] == setting]
         seeds = runs[runs["setting"] == setting]
         costs = ", ".join(sorted(seeds["ot_cost"].unique()))
-        panels = (("test_mse", "test MSE on h2 (clean labels)", "paper_test_mse"),
-                  ("ot", f"OT to the oracle's W1 ({costs})", "paper_ot"))
-        for col, (metric, ylabel, paper) in enumerate(panels):
+        panels = (("test_mse", rf"test MSE on h2, clean labels ($\times 10^{{{math.log10(mse_scale):.0f}}}$)",
+                   "paper_test_mse", mse_scale),
+                  ("ot", f"OT to the oracle's W1 ({costs})", "paper_ot", 1.0))
+        for col, (metric, ylabel, paper, scale) in enumerate(panels):
             ax = axes[row][col]
             shown = rows[rows[f"{metric}_mean"].notna()].reset_index(drop=True)
             colors = ["0.75" if m in REFERENCES else f"C{i}" for i, m in enumerate(shown["method"])]
-            ax.bar(shown.index, shown[f"{metric}_mean"], yerr=shown[f"{metric}_std"].fillna(0), color=colors,
-                   capsize=4, label="mean ± std over seeds")
+            ax.bar(shown.index, shown[f"{metric}_mean"] / scale, yerr=shown[f"{metric}_std"].fillna(0) / scale,
+                   color=colors, capsize=4, label="mean ± std over seeds")
             for i, method in enumerate(shown["method"]):
-                values = seeds.loc[seeds["method"] == method, metric]
+                values = seeds.loc[seeds["method"] == method, metric] / scale
                 ax.scatter([i] * len(values), values, s=10, color="0.2", zorder=3,
                            label="single seeds" if i == 0 else None)
             with_paper = shown[shown[paper].notna()]
-            ax.scatter(with_paper.index, with_paper[paper], marker="D", s=40, color="black", zorder=4,
+            ax.scatter(with_paper.index, with_paper[paper] / scale, marker="D", s=40, color="black", zorder=4,
                        label="paper (Sec. 4.6.2)")
             value = "{:.2e}" if metric == "test_mse" else "{:.4f}"
             ax.set_xticks(shown.index, [f"{TICKS.get(m, LABELS[m])}\n{value.format(mean)}"
                                         for m, mean in zip(shown["method"], shown[f"{metric}_mean"])], fontsize=8)
             ax.set_ylabel(ylabel, fontsize=9)
-            if metric == "test_mse":
-                ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
             title = f"{'test MSE' if metric == 'test_mse' else 'OT(W1, oracle W1)'}, {int(shown['n'].max())} seeds"
-            ax.set_title(title + (f"\n{setting}" if setting else ""), fontsize=10)
+            ax.set_title(title + (f"\n{titles[setting]}" if titles[setting] else ""), fontsize=10)
             plotted[(setting, metric)] = dict(zip(shown["method"], shown[f"{metric}_mean"]))
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.06 / len(settings), 1, 1))
     for path in (png, pdf):
         buffer = io.BytesIO()
         fig.savefig(buffer, format=path.suffix[1:], dpi=110)

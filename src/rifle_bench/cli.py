@@ -103,12 +103,14 @@ def main() -> None:
     if "-m" in argv or "--multirun" in argv:
         argv = pin_method_parameters(argv)
     sys.argv = [sys.argv[0], *argv]
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing; the one-line form is made below
     try:
         try:
             if "--help" in argv or "-h" in argv:
                 _print_help()
-            hydra_app()
+            else:
+                hydra_app()
         except ConfigRefused as refused:
             raise refused.__cause__ from None
     except Exception as error:
@@ -118,6 +120,11 @@ def main() -> None:
         for line in lines:
             print(f"rifle-bench: error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        if full_error is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
 def _print_help() -> None:

@@ -22,6 +22,7 @@ from rifle_bench.methods.dropconnect import DropConnect, DropConnectLinear
 from rifle_bench.methods.dropout import Dropout
 from rifle_bench.methods.rifle import Rifle
 from rifle_bench.methods.stochastic_depth import ResidualWithDrop, StochasticDepth
+from rifle_bench.regularizers import L2SP
 
 BACKBONES = ["mobilenet_v2", "resnet18", "resnet50"]
 
@@ -346,13 +347,23 @@ def test_stochastic_depth_row_mode_is_the_plain_block_at_eval(backbone):
 
 
 @pytest.mark.parametrize("mode", ["batch", "row"])
-def test_stochastic_depth_trains_through_dropped_blocks(mode):
+def test_stochastic_depth_skipped_branches_still_get_weight_decay_and_the_l2sp_pull(mode):
     torch.manual_seed(0)
     model = tiny_model("resnet18")
-    StochasticDepth(last_survival=0.01, mode=mode).wrap_model(model)  # most late blocks dropped
+    StochasticDepth(last_survival=1e-6, mode=mode).wrap_model(model)  # the last block is (almost surely) dropped
+    l2sp = L2SP(alpha=0.1, beta=0.0)
+    optimizer = torch.optim.SGD(l2sp.param_groups(model), lr=0.1, momentum=0.9)
+    last = model.backbone.layer4[-1].block
+    with torch.no_grad():
+        last.conv2.weight.add_(1.0)  # away from w0: the pull has something to do
+    before = last.conv2.weight.detach().clone()
     model.train()
     nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
-    assert model.backbone.conv1.weight.grad is not None and torch.isfinite(model.backbone.conv1.weight.grad).all()
+    assert all(p.grad is not None for p in model.parameters())
+    assert torch.count_nonzero(last.conv2.weight.grad) == 0  # the branch did not run
+    l2sp.add_gradients()
+    optimizer.step()
+    assert torch.allclose(before - last.conv2.weight.detach(), torch.full_like(before, 0.1 * 0.1 * 1.0), atol=1e-6)
 
 
 # --- DisturbLabel and cyclic lr ---------------------------------------------------------------------------

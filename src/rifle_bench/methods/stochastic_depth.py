@@ -36,8 +36,18 @@ class ResidualWithDrop(nn.Module):
         if not self.training:
             return self._merge(torch.add(shortcut, self._branch(x), alpha=self.survival))
         if torch.rand(()) >= self.survival:  # drawn on the CPU: no wait for the device, even on a GPU
-            return self._merge(shortcut, inplace=False)  # the shortcut may be saved for another layer's backward
+            out = self._merge(shortcut, inplace=False)  # the shortcut may be saved for another layer's backward
+            if out.requires_grad:
+                out.register_hook(self._zero_missing_gradients)
+            return out
         return self._merge(self._branch(x) + shortcut)
+
+    def _zero_missing_gradients(self, grad: torch.Tensor) -> None:
+        """A skipped branch's weights get a zero gradient rather than none, so that the optimizer still applies
+        momentum, weight decay and L2-SP's pull to them (as the paper's Torch code, which zeroes gradients)."""
+        for parameter in self.block.parameters():
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block

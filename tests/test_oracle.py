@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -172,7 +173,9 @@ def test_a_seed_sweep_ends_with_its_table_and_figure(tmp_path, monkeypatch, caps
     sweep = tmp_path / "sweep"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["rifle-bench-oracle", "-m", "seed=0,1", *SMALL, f"hydra.sweep.dir={sweep}"])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     cli.main()
+    assert "HYDRA_FULL_ERROR" not in os.environ  # restored: later runs of this process keep the one-line errors
     assert all((sweep / name).exists() for name in FILES)
     results = [json.loads(path.read_text()) for path in sorted(sweep.glob("*/result.json"))]
     assert [r["seed"] for r in results] == [0, 1] and {r["setting"] for r in results} == {",".join(sorted(SMALL))}

@@ -88,6 +88,7 @@ def main() -> None:
     argv = sys.argv[1:]
     verbose = "--verbose" in argv or os.environ.get("HYDRA_FULL_ERROR") == "1"
     sys.argv = [sys.argv[0], *(arg for arg in argv if arg != "--verbose")]
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing; the one-line form is made below
     try:
         hydra_app()
@@ -98,6 +99,11 @@ def main() -> None:
         for line in lines:
             print(f"rifle-bench-oracle: error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:  # a caller's later runs (tests in one process) keep their own mode
+        if full_error is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
 if __name__ == "__main__":

@@ -36,9 +36,11 @@ from rifle_bench.cli import CONFIG_DIR
 
 SIZES = (("mobilenet_v2", 64), ("resnet18", 112))
 # (model, px, method, regularizer, options): options are overrides timed on top of a plain case.
-CASES = [(model, size, method, regularizer, ())
+METHODS = (("original", ()), ("rifle", ()), ("dropconnect", ()), ("stochastic_depth", ("method.mode=batch",)),
+           ("stochastic_depth", ("method.mode=row",)))
+CASES = [(model, size, method, regularizer, options)
          for model, size in SIZES
-         for method in ("original", "rifle", "stochastic_depth")
+         for method, options in METHODS
          for regularizer in ("l2", "l2sp")]
 CASES += [(model, size, "original", "l2", ("trainer.grad_norms=true",)) for model, size in SIZES]
 BATCH = 32
@@ -62,24 +64,29 @@ def case_config(model: str, size: int, method: str, regularizer: str, steps: int
 
 
 class Floor:
-    """The same number of SGD steps over in-memory tensors: the bare computation."""
+    """The same number of SGD steps over in-memory tensors: the bare computation. The same model as the case's
+    (method included), on the same device, in the same memory format and precision."""
 
     def __init__(self, cfg, steps: int):
         torch.manual_seed(0)
+        device = train._device(cfg.trainer.device)
+        memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
         model = models.build(cfg.model.name, CLASSES, cfg.model.weights)
         methods.build(cfg.method).wrap_model(model)
-        self.model = model.to(memory_format=torch.channels_last).train()
+        self.model = model.to(device, memory_format=memory_format).train()
         self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        self.autocast = train._autocast(cfg.trainer.precision, device)
         size = cfg.trainer.crop
-        self.images = [torch.randn(BATCH, 3, size, size).contiguous(memory_format=torch.channels_last)
+        self.images = [torch.randn(BATCH, 3, size, size, device=device).contiguous(memory_format=memory_format)
                        for _ in range(steps)]
-        self.labels = torch.randint(CLASSES, (steps, BATCH))
+        self.labels = torch.randint(CLASSES, (steps, BATCH), device=device)
         self.epoch()  # warm-up
 
     def epoch(self) -> float:
         clock = time.perf_counter()
         for x, y in zip(self.images, self.labels):
-            loss = F.cross_entropy(self.model(x), y)
+            with self.autocast:
+                loss = F.cross_entropy(self.model(x), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -92,11 +99,19 @@ def time_case(cfg, steps: int) -> tuple[list[float], list[float]]:
     metrics and checkpoint writes), each followed by one floor epoch."""
     floor, floor_s = Floor(cfg, steps), []
     write_metrics = train.write_metrics
+    epoch_start_rng = None
 
     def write_metrics_then_floor_epoch(run_dir, rows):
+        nonlocal epoch_start_rng
         write_metrics(run_dir, rows)
         if len(rows) > 1:
+            # The floor replays the CPU random draws of the epoch just timed (stochastic depth's gates decide how
+            # many residual branches run), then gives rifle-bench its own random state back.
+            rng = torch.get_rng_state()
+            torch.set_rng_state(epoch_start_rng)
             floor_s.append(floor.epoch())
+            torch.set_rng_state(rng)
+        epoch_start_rng = torch.get_rng_state()
 
     with mock.patch.object(train, "write_metrics", write_metrics_then_floor_epoch), \
             tempfile.TemporaryDirectory() as run_dir:
@@ -121,10 +136,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: time the GPU paths (use more --steps: a GPU runs these epochs in well under 1 s)")
     parser.add_argument("--cases", default="all", help="'all' or 'mobilenet_v2' / 'resnet18' to keep one model")
+    parser.add_argument("--methods", default="all", help="'all' or comma-separated methods to keep, e.g. dropconnect")
     parser.add_argument("--skip-default-run", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    cases = [c for c in CASES if args.cases in ("all", c[0])]
+    cases = [c for c in CASES
+             if args.cases in ("all", c[0]) and (args.methods == "all" or c[2] in args.methods.split(","))]
     hardware = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {hardware}, batch {BATCH}; "
           f"median seconds per epoch over {args.epochs} adjacent pairs")
@@ -134,7 +151,8 @@ def main() -> None:
     for model, size, method, regularizer, options in cases:
         steps = args.steps or STEPS[model]
         cfg = case_config(model, size, method, regularizer, steps, 1 + args.epochs, args.device, options)
-        label = "+".join([method, *(option.split("=")[0].split(".")[-1] for option in options)])
+        label = "+".join([method, *(key.split(".")[-1] if value == "true" else value
+                                    for key, value in (option.split("=") for option in options))])
         ours, floor = time_case(cfg, steps)
         ratio = statistics.median(a / b for a, b in zip(ours, floor, strict=True))
         ratios.append(ratio)

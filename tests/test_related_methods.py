@@ -11,6 +11,7 @@ import torchvision
 
 from conftest import TINY
 from rifle_bench import models, regularizers, train
+from rifle_bench.report import write_report
 from rifle_bench.methods.keep_imagenet_fc import KeepImagenetFC, L2NormScale
 from rifle_bench.methods.random_freeze import AUTHORS_RATES, RandomFreeze, RidgeAccumulator, blend_weights
 from rifle_bench.regularizers import NeverHurt
@@ -281,3 +282,23 @@ def test_mpi_from_training_passes_accumulates_the_features_of_each_training_forw
     weight = model.head.weight.detach().clone()
     method.end_epoch(model, None)
     assert torch.allclose(model.head.weight, 0.5 * weight + 0.5 * expected.solve().T.float(), atol=1e-6)
+
+
+# --- Table 3 -----------------------------------------------------------------------------------------------
+
+def test_table3_shows_the_related_methods_beside_original_and_rifle_without_paper_rows(tmp_path):
+    from test_report import markdown_header, markdown_row, write_group  # the report tests' run-directory fakes
+
+    sweep = tmp_path / "sweep"
+    write_group(sweep, [70.0, 71.0], dataset="cub", method="original")
+    write_group(sweep, [72.0, 72.5], dataset="cub", method="rifle", variant={"k": 3})
+    write_group(sweep, [73.0, 73.4], dataset="cub", method="keep_imagenet_fc", variant={"freeze": 1})
+    write_group(sweep, [69.0, 70.0], dataset="cub", method="random_freeze", variant={"mpi": True})
+    summary = write_report([sweep], tmp_path / "out")
+    table3 = (tmp_path / "out" / "table3.md").read_text()
+    assert markdown_header(table3) == ["Regularizer", "Dataset", "Original", "RIFLE", "KeepFC", "RandFreeze"]
+    assert markdown_row(table3, "CUB-200-2011")[2:] == ["70.50±0.71", "72.25±0.35", "**73.20±0.28**", "69.50±0.71"]
+    assert "(paper)" not in table3 and "no paper prints numbers" in table3
+    table1 = (tmp_path / "out" / "table1.md").read_text()
+    assert "KeepFC" not in table1 and "CUB-200-2011 (paper)" in table1  # Table 1 keeps its own columns
+    assert "Table 3" in summary.markdown

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-# In the paper's column order (Table 1, then the ablations of Table 2); other methods follow under their key.
+# In the paper's column order (Table 1, then the ablations of Table 2), then our Table 3; others follow under their key.
 METHOD_LABELS = {
     "original": "Original",
     "dropout": "Dropout",
@@ -16,6 +16,8 @@ METHOD_LABELS = {
     "rifle": "RIFLE",
     "rifle_a": "RIFLE-A",
     "rifle_b": "RIFLE-B",
+    "keep_imagenet_fc": "KeepFC",
+    "random_freeze": "RandFreeze",
 }
 REGULARIZER_LABELS = {"l2": "L2", "l2sp": "L2-SP"}
 # The paper's row order; other datasets follow alphabetically under their key.

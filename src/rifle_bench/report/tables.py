@@ -24,6 +24,7 @@ class PaperTable:
     number: int
     methods: tuple[str, ...]  # the method keys of its columns, in order
     subject: str  # what it compares, as its caption says
+    in_paper: bool = True  # False: a table of ours, with no printed numbers to show beside
 
 
 TABLES = [
@@ -31,6 +32,11 @@ TABLES = [
                    "disturb_label", "rifle"), "algorithmic regularizers"),
     PaperTable(2, ("rifle", "rifle_a", "rifle_b"),
                "RIFLE and its ablations (RIFLE-A: re-initialization only, RIFLE-B: cyclic FC learning rate only)"),
+    PaperTable(3, ("original", "rifle", "keep_imagenet_fc", "random_freeze"),
+               "the related methods of the seed papers beside Original and RIFLE (KeepFC: the ImageNet FC layer "
+               "kept, Shermin et al. 2019; RandFreeze: random layer freezing with a Moore-Penrose FC refinement, "
+               "Zhang et al. 2025; DTNH, Wan et al. 2019, is the rows regularizer.never_hurt=True); no paper prints "
+               "numbers for these methods on these datasets", in_paper=False),
 ]
 # results.csv; "model" and "setting" follow "dataset" when the runs differ in them.
 RESULT_COLUMNS = ["table", "regularizer", "dataset", "method", "variant", "n", "mean", "std", "val_mean", "val_std",
@@ -177,7 +183,7 @@ def caption(table: PaperTable, selection: Selection, markup: Markup, numbered: b
     note = f"{selection.note} " if selection.note else ""
     return (f"{number}selection {selection.name}: {selection.title}. {measured}, "
             f"mean{markup.plus_minus}std over seeds; every variant is in results.csv. {note}"
-            + _marks(markup, with_paper=True, with_bold=True, settings=settings))
+            + _marks(markup, with_paper=table.in_paper, with_bold=True, settings=settings))
 
 
 def optimism_caption(markup: Markup, numbered: bool, first: Selection, second: Selection) -> str:

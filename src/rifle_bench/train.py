@@ -53,7 +53,7 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
     regularizer = regularizers.build(cfg.regularizer)
     channels_last = trainer.channels_last
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    # Param groups: backbone, then head (methods may give them different learning rates).
+    # Param groups named "backbone" and "head": a method gives each its learning rate.
     optimizer = torch.optim.SGD(regularizer.param_groups(model), lr=trainer.lr, momentum=trainer.momentum)
     compiled = trainer.compile and device.type == "cuda"  # CPU compile costs minutes of start-up for little gain
     if trainer.compile and not compiled:

@@ -302,3 +302,9 @@ def test_table3_shows_the_related_methods_beside_original_and_rifle_without_pape
     table1 = (tmp_path / "out" / "table1.md").read_text()
     assert "KeepFC" not in table1 and "CUB-200-2011 (paper)" in table1  # Table 1 keeps its own columns
     assert "Table 3" in summary.markdown
+
+
+def test_gradient_norm_probe_leaves_a_frozen_layer_empty():
+    weights = {"stage1": torch.nn.Parameter(torch.ones(2, 2)), "stage2": torch.nn.Parameter(torch.ones(3))}
+    weights["stage2"].grad = torch.full((3,), 2.0)  # stage1 frozen this epoch: no gradient
+    assert train._grad_norms(weights) == {"grad_norm_stage1": None, "grad_norm_stage2": pytest.approx(3 ** 0.5 * 2)}

@@ -161,9 +161,12 @@ def run(cfg: DictConfig, run_dir: Path, started: float | None = None) -> dict:
 
 @torch.no_grad()
 def _grad_norms(weights: dict[str, torch.Tensor]) -> dict[str, float]:
-    """`grad_norm_<stage>`: the Frobenius norm of each weight's gradient, to 6 significant digits."""
-    norms = torch.stack([torch.linalg.vector_norm(weight.grad.float()) for weight in weights.values()]).tolist()
-    return {f"grad_norm_{stage}": float(f"{norm:.6g}") for stage, norm in zip(weights, norms)}
+    """`grad_norm_<stage>`: the Frobenius norm of each weight's gradient, to 6 significant digits; empty for a
+    weight frozen in this epoch (random_freeze, keep_imagenet_fc), which has no gradient."""
+    grads = {stage: weight.grad for stage, weight in weights.items() if weight.grad is not None}
+    norms = torch.stack([torch.linalg.vector_norm(grad.float()) for grad in grads.values()]).tolist() if grads else []
+    return {f"grad_norm_{stage}": None for stage in weights} | {
+        f"grad_norm_{stage}": float(f"{norm:.6g}") for stage, norm in zip(grads, norms)}
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from rifle_bench.report.grouping import ROW_KEYS, VARIANT_KEYS
 from rifle_bench.report.labels import dataset_label, in_display_order, method_label, regularizer_label
@@ -152,6 +152,8 @@ def plot_grad_norms(metrics: pd.DataFrame, stem: Path) -> pd.DataFrame | None:
             for epoch in reinit_epochs.get(row_key + (label,), []):
                 ax.axvline(epoch, color="0.4", linestyle=":", linewidth=1)
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(_plain_log_label))
+            ax.yaxis.set_minor_formatter(FuncFormatter(_plain_log_label))
             ax.set_title(f"{title}: {label}", fontsize=10)
             ax.grid(alpha=0.3, which="both")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -165,6 +167,12 @@ def plot_grad_norms(metrics: pd.DataFrame, stem: Path) -> pd.DataFrame | None:
     figure.suptitle("Gradient norms per layer (cf. RIFLE paper, Fig. 2)")
     _save(figure, stem)
     return norms
+
+
+def _plain_log_label(value: float, _position) -> str:
+    """0.3 rather than 3x10^-1, on the ticks 1, 2, 3, 5 of each decade only (the others would crowd)."""
+    leading = value / 10 ** np.floor(np.log10(value))
+    return f"{value:g}" if any(np.isclose(leading, digit) for digit in (1, 2, 3, 5)) else ""
 
 
 def _reinit_epochs(metrics: pd.DataFrame) -> dict[tuple, list[int]]:

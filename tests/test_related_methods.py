@@ -115,7 +115,8 @@ def test_never_hurt_l2_with_opposing_loss_gradient_keeps_only_the_orthogonal_par
     for p, g in zip(params, loss_grads):
         p.grad = g.clone()
     regularizer.add_gradients()
-    g_e, g_r, d = flat(loss_grads).double(), 1e-4 * flat(params).detach().double(), flat([p.grad for p in params]).double()
+    g_e, g_r = flat(loss_grads).double(), 1e-4 * flat(params).detach().double()
+    d = flat([p.grad for p in params]).double()
     assert g_e @ g_r < 0
     assert torch.allclose(d, g_e + g_r - (g_r @ g_e) / (g_e @ g_e) * g_e, rtol=1e-4, atol=1e-9)
     assert abs(float((d - g_e) @ g_e)) < 1e-5 * float(g_e @ g_e)

@@ -47,7 +47,8 @@ class RidgeAccumulator:
 
     def solve(self) -> torch.Tensor:
         """W_ls, d x c, in float64."""
-        gram = self.gram.double() + torch.eye(len(self.gram), dtype=torch.float64, device=self.gram.device) / self.ridge_c
+        ridge = torch.eye(len(self.gram), dtype=torch.float64, device=self.gram.device) / self.ridge_c
+        gram = self.gram.double() + ridge
         return torch.cholesky_solve(self.cross.double(), torch.linalg.cholesky(gram))
 
 

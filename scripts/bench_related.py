@@ -131,7 +131,8 @@ def convergence(sweep_dirs: list[Path]) -> None:
         with open(result_file.parent / "metrics.csv") as file:
             rows = list(csv.DictReader(file))
         never_hurt = result["config"]["regularizer"].get("never_hurt", False)
-        label = result["method"] + ("+dtnh" if never_hurt else "")
+        variant = ",".join(f"{key}={value}" for key, value in sorted(result["variant"].items()))
+        label = result["method"] + (f"({variant})" if variant else "") + ("+dtnh" if never_hurt else "")
         runs.append((label, result["regularizer"], result["seed"], rows))
     reference = {(reg, seed): float(rows[-1]["test_acc"]) for label, reg, seed, rows in runs if label == "original"}
     table = defaultdict(lambda: defaultdict(list))
@@ -148,13 +149,13 @@ def convergence(sweep_dirs: list[Path]) -> None:
         entry["final"].append(float(rows[-1]["test_acc"]))
         entry["epoch_s"].append(statistics.mean(float(row["epoch_s"]) for row in rows))
         entry["reached"].append(reached)
-    print(f"{'method':<20}{'reg':<6}{'n':>3}{'final acc':>11}{'s/epoch':>9}{'reached':>9}{'epochs to':>11}"
+    print(f"{'method':<28}{'reg':<6}{'n':>3}{'final acc':>11}{'s/epoch':>9}{'reached':>9}{'epochs to':>11}"
           f"{'s to':>8}   (target: the same seed's Original final test accuracy)")
     for (label, reg), entry in sorted(table.items()):
         reached = [r for r in entry["reached"] if r is not None]
         epochs_to = f"{statistics.mean(r[0] for r in reached):.1f}" if reached else "-"
         seconds_to = f"{statistics.mean(r[1] for r in reached):.0f}" if reached else "-"
-        print(f"{label:<20}{reg:<6}{len(entry['final']):>3}{statistics.mean(entry['final']):>11.2f}"
+        print(f"{label:<28}{reg:<6}{len(entry['final']):>3}{statistics.mean(entry['final']):>11.2f}"
               f"{statistics.mean(entry['epoch_s']):>9.2f}{len(reached):>5}/{len(entry['final']):<3}"
               f"{epochs_to:>11}{seconds_to:>8}")
 

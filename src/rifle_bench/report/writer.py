@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rifle_bench.report import render
+from rifle_bench.report import figures, render
 from rifle_bench.report.grouping import distinct_runs
 from rifle_bench.report.records import COMPLETE, FAILED, INCOMPLETE, collect_runs, plan_cells
 from rifle_bench.report.selection import SELECTIONS
@@ -100,10 +100,11 @@ def write_report(sweep_dirs: list[Path], out_dir: Path | None = None, expected_s
                 continue
             index_names = ["Regularizer", "Dataset", "Method", "Variant"][:grid.index.nlevels]
             stem = f"table{table.number}" + ("" if selection.name == "test" else f"_{selection.name}")
-            markdown_parts.append(render.markdown(
-                grid, index_names, caption(table, selection, render.MARKDOWN, numbered=True, settings=settings)))
-            latex = render.latex(grid, caption(table, selection, render.LATEX, numbered=False, settings=settings),
-                                 label=f"tab:rifle-bench-{stem.replace('_', '-')}")
+            mixed = mixed_numerics(runs, table)
+            markdown_parts.append(render.markdown(grid, index_names, caption(
+                table, selection, render.MARKDOWN, numbered=True, settings=settings) + mixed))
+            latex = render.latex(grid, caption(table, selection, render.LATEX, numbered=False, settings=settings)
+                                 + mixed, label=f"tab:rifle-bench-{stem.replace('_', '-')}")
             written += _write_pair(out_dir / stem, markdown_parts[-1], latex)
 
     optimism = None
@@ -119,6 +120,7 @@ def write_report(sweep_dirs: list[Path], out_dir: Path | None = None, expected_s
                                  label="tab:rifle-bench-optimism")
             written += _write_pair(out_dir / "optimism", markdown_parts[-1], latex)
 
+    written += figures.write_figures(runs, results, "chosen_test", out_dir)
     counts = {status: sum(record.status == status for record in records) for status in (COMPLETE, FAILED, INCOMPLETE)}
     return ReportSummary(
         complete=counts[COMPLETE],
@@ -133,6 +135,16 @@ def write_report(sweep_dirs: list[Path], out_dir: Path | None = None, expected_s
         duplicates=[record.run_dir for record in duplicates],
         optimism=optimism,
     )
+
+
+def mixed_numerics(runs: pd.DataFrame, table) -> str:
+    """A footnote for a table whose cells were trained in different arithmetic (fp32, bf16 autocast, TF32)."""
+    counts = runs[runs["method"].isin(table.methods)]["numerics"].fillna("unrecorded").value_counts()
+    if len(counts) < 2:
+        return ""
+    listed = ", ".join(f"{kind} ({count} runs)" for kind, count in sorted(counts.items()))
+    return (f" Mixed numerics: its runs trained in {listed}; the paper's are fp32 without TF32 "
+            f"(trainer=paper), so differences may come from precision, not only from the methods.")
 
 
 def _results_csv(results: pd.DataFrame, val_available: bool) -> str:

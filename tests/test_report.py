@@ -97,7 +97,8 @@ def test_means_stds_and_chosen_variant(sweep: Path):
         assert row["mean"] == pytest.approx(statistics.mean(accuracies), abs=1e-12)
         assert row["std"] == pytest.approx(statistics.stdev(accuracies), abs=1e-12)
         assert row["chosen"] == chosen
-    # rifle is in both tables; rifle_a/rifle_b have no runs, so table 2 holds rifle only
+    # rifle is in both tables; rifle_a/rifle_b have no runs, so table 2 holds rifle only; no related method ran,
+    # so there is no table 3
     assert sorted(results["table"]) == [1, 1, 1, 1, 2]
     assert results_row(results, table=2, method="rifle")["mean"] == pytest.approx(statistics.mean(RIFLE))
 
@@ -275,14 +276,15 @@ def test_latex_is_booktabs_and_ascii(sweep: Path):
 
 def test_outputs_written_and_empty_table_skipped(sweep: Path):
     summary = write_report([sweep])
-    names = {"results.csv", "table1.md", "table1.tex", "table2.md", "table2.tex"}
+    names = {"results.csv", "table1.md", "table1.tex", "table2.md", "table2.tex",
+             "figure_table1.png", "figure_table1.pdf", "figure_table2.png", "figure_table2.pdf"}
     assert {path.name for path in summary.written} == names
     assert not [path for path in sweep.iterdir() if path.name.startswith(".")]  # no temporary file left
 
     only_table1 = sweep.parent / "only_table1"
     write_group(only_table1, ORIGINAL, method="original")
     written = {path.name for path in write_report([only_table1]).written}
-    assert written == {"results.csv", "table1.md", "table1.tex"}
+    assert written == {"results.csv", "table1.md", "table1.tex", "figure_table1.png", "figure_table1.pdf"}
     assert not (only_table1 / "table2.md").exists()
 
 

@@ -25,6 +25,14 @@ class PaperTable:
     methods: tuple[str, ...]  # the method keys of its columns, in order
     subject: str  # what it compares, as its caption says
     in_paper: bool = True  # False: a table of ours, with no printed numbers to show beside
+    # Written only when one of these methods ran, or a run used DTNH (empty: whenever one of `methods` ran).
+    own_methods: tuple[str, ...] = ()
+
+    def shown(self, variants: pd.DataFrame) -> bool:
+        if not self.own_methods:
+            return True
+        return (variants["method"].isin(self.own_methods).any()
+                or variants["setting"].str.contains("never_hurt=True", regex=False).any())
 
 
 TABLES = [
@@ -36,7 +44,8 @@ TABLES = [
                "the related methods of the seed papers beside Original and RIFLE (KeepFC: the ImageNet FC layer "
                "kept, Shermin et al. 2019; RandFreeze: random layer freezing with a Moore-Penrose FC refinement, "
                "Zhang et al. 2025; DTNH, Wan et al. 2019, is the rows regularizer.never_hurt=True); no paper prints "
-               "numbers for these methods on these datasets", in_paper=False),
+               "numbers for these methods on these datasets", in_paper=False,
+               own_methods=("keep_imagenet_fc", "random_freeze")),
 ]
 # results.csv; "model" and "setting" follow "dataset" when the runs differ in them.
 RESULT_COLUMNS = ["table", "regularizer", "dataset", "method", "variant", "n", "mean", "std", "val_mean", "val_std",
@@ -55,7 +64,8 @@ def load_paper() -> pd.DataFrame:
 
 def results_frame(variants: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     """The tidy results: each variant under every table that shows its method, with the paper's number."""
-    per_table = [variants[variants["method"].isin(table.methods)].assign(table=table.number) for table in TABLES]
+    per_table = [variants[variants["method"].isin(table.methods)].assign(table=table.number)
+                 for table in TABLES if table.shown(variants)]
     results = pd.concat(per_table, ignore_index=True).merge(
         paper, how="left", on=["table", "regularizer", "dataset", "method"])
     results["delta"] = results["mean"] - results["paper_mean"]

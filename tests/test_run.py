@@ -80,6 +80,7 @@ def test_missing_weights_name_the_file_the_place_and_the_fix(tmp_path):
 
 
 def test_missing_dataset_says_what_where_and_how(tmp_path):
+    (tmp_path / "nowhere").mkdir()  # a folder without the files (a missing folder is refused as configuration)
     completed = run_cli(*TINY, f"dataset.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}",
                         cwd=tmp_path, check=False)
     assert completed.returncode == 1 and "Traceback" not in completed.stderr
@@ -124,10 +125,3 @@ def test_gpu_options_compose_and_fall_back_cleanly_on_cpu(compose_cfg, tmp_path,
     assert result["status"] == "done" and result["device"] == "cpu" and 0 <= result["test_acc"] <= 100
     assert {key: recorded[key] for key in expected} == expected
     assert ("trainer.compile=true is ignored on cpu" in caplog.text) == ("trainer.compile=true" in options)
-
-
-def test_cuda_requested_without_a_gpu_is_a_clear_error(compose_cfg, tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    with pytest.raises(RuntimeError, match="no CUDA device"):
-        train.run(compose_cfg(*TINY, "trainer.device=cuda"), tmp_path)

@@ -72,7 +72,7 @@ def test_local_parallel_sweep_isolates_a_failing_cell_and_status_counts_every_ki
                                                                                            monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # else the workers inherit it instead of their share
     sweep = tmp_path / "sweep"
-    completed = run_cli("-m", *TINY, "trainer.epochs=1", "trainer.precision=fp32,bf15", "hydra/launcher=local",
+    completed = run_cli("-m", *TINY, "trainer.epochs=1", f"dataset.root={Path.home() / '.cache/rifle_bench/assets/animal_mnist'},/nonexistent", "hydra/launcher=local",
                         "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
     assert "1 complete" in completed.stdout and "1 failed" in completed.stdout
     [done] = [result for result in results(sweep) if result["status"] == "done"]
@@ -88,7 +88,7 @@ def test_local_parallel_sweep_isolates_a_failing_cell_and_status_counts_every_ki
     assert {key: status[key] for key in ("complete", "failed", "incomplete", "missing")} == \
         {"complete": 1, "failed": 1, "incomplete": 1, "missing": 1}
     [(failed_dir, reason)] = status["failures"]
-    assert "bf15" in failed_dir.name and "trainer.precision must be auto, bf16 or fp32" in reason
+    assert "nonexistent" in failed_dir.name and "dataset.root=/nonexistent: no such directory" in reason
     assert status_main([str(sweep)]) == 0
     printed = capsys.readouterr().out
     assert "complete: 1  failed: 1  running/incomplete: 1  missing: 1" in printed and f"FAILED {failed_dir}" in printed

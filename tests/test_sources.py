@@ -298,8 +298,8 @@ def test_dataset_config_matches_the_paper(name, monkeypatch):
     config = OmegaConf.load(CONF_DIR / f"{name}.yaml")
     num_classes, train_size, test_size = PAPER_DATASETS[name]
     assert set(config) == {
-        "name", "root", "num_classes", "resize", "crop", "expected_sizes",
-        "subset_per_class", "subset_seed", "skip_corrupt",
+        "defaults", "name", "root", "num_classes", "resize", "crop", "expected_sizes",
+        "subset_per_class", "subset_seed", "skip_corrupt", "val_fraction", "val_seed",
     }  # fmt: skip
     assert config.name == name and name in DATASETS
     assert config.root.startswith("/datasets")

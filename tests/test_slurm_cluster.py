@@ -81,6 +81,16 @@ def sacct(job_id: str, *options: str) -> list[list[str]]:
     return [line.split("|") for line in lines]
 
 
+def settled_sacct(job_id: str, rows: int, *options: str) -> list[list[str]]:
+    """sacct once it holds `rows` records, none of them pending or running: slurmctld hands a job's final record
+    to slurmdbd asynchronously, so accounting may lag the job's end by seconds."""
+    def settled():
+        records = sacct(job_id, *options)
+        return len(records) >= rows and not any(state in ("PENDING", "RUNNING") for _, state, _, _ in records) \
+            and records
+    return wait_for(settled, f"the accounting records of job {job_id}", timeout=60)
+
+
 def wait_until_off_the_queue(job_ids: list[str], timeout: float = JOB_WAIT_S) -> None:
     deadline = time.monotonic() + timeout
     arrays = ",".join(sorted({job_id.split("_")[0] for job_id in job_ids}))
@@ -140,7 +150,7 @@ def test_a_sweep_runs_on_the_cluster_writes_its_tables_and_status_shows_its_jobs
     jobs = slurm_jobs(sweep)
     assert sorted(jobs) == sorted(results(sweep))  # each cell's job, recorded at submission
     [array] = {job_id.split("_")[0] for job_id in jobs.values()}
-    assert sorted((job_id, state) for job_id, state, _, _ in sacct(array)) == \
+    assert sorted((job_id, state) for job_id, state, _, _ in settled_sacct(array, len(jobs))) == \
         sorted((job_id, "COMPLETED") for job_id in jobs.values())
     status = status_of(sweep)
     assert "complete: 2  failed: 0  running/incomplete: 0  missing: 0" in status
@@ -150,7 +160,9 @@ def test_a_sweep_runs_on_the_cluster_writes_its_tables_and_status_shows_its_jobs
 
 
 def test_a_requeued_job_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_run(cluster, tmp_path):
-    cell = [*TINY, "dataset.train_per_class=30", "trainer.epochs=3"]  # epochs long enough to be interrupted
+    # Long enough to be interrupted: submitit bypasses the SIGTERM of a requeue, so the job trains on until
+    # SLURM's SIGKILL (KillWait plus srun's grace, ~7 s here); 7 epochs (~15 s) after the first outlast that.
+    cell = [*TINY, "dataset.train_per_class=30", "trainer.epochs=8"]
     sweep = tmp_path / "sweep"
     sweep_command = subprocess.Popen(
         [sys.executable, "-m", "rifle_bench.cli", "-m", *cell, *ON_CLUSTER, f"hydra.sweep.dir={sweep}"],
@@ -168,10 +180,10 @@ def test_a_requeued_job_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted
 
     assert sweep_command.returncode == 0, output
     assert reference.returncode == 0, reference_output
-    states = [state for _, state, _, _ in sacct(job_id, "--duplicates")]
+    states = [state for _, state, _, _ in settled_sacct(job_id, 2, "--duplicates")]
     assert states == ["REQUEUED", "COMPLETED"]  # SLURM ran it twice
     logs = "".join(path.read_text() for path in (sweep / ".submitit" / job_id).glob("*_log.*"))
-    assert "resuming" in logs and "after epoch" in logs
+    assert "resuming" in logs and "after epoch" in logs, f"the job was not interrupted before it finished:\n{logs}"
     [(run_name, resumed)] = results(sweep).items()
     uninterrupted = json.loads((tmp_path / "reference" / "result.json").read_text())
     for key in ("test_acc", "train_acc", "cpu_threads"):
@@ -183,7 +195,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted
         return [",".join(value for i, value in enumerate(line.split(",")) if i != drop) for line in lines]
 
     assert metrics(sweep / run_name) == metrics(tmp_path / "reference")
-    assert len(metrics(sweep / run_name)) == 4  # header + 3 epochs
+    assert len(metrics(sweep / run_name)) == 9  # header + 8 epochs
 
 
 def test_a_cancelled_and_a_failing_cell_leave_the_others_running_and_a_rerun_runs_only_them(cluster, tmp_path,
@@ -233,7 +245,7 @@ def test_a_sweep_larger_than_the_array_parallelism_queues_and_completes(attached
     assert "2 complete (0 skipped, 2 run now), 0 failed" in completed.stdout
     assert "#SBATCH --array=0-1%1" in next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
     [array] = {job_id.split("_")[0] for job_id in slurm_jobs(sweep).values()}
-    [(_, first_state, _, first_end), (_, second_state, second_start, _)] = sorted(sacct(array))
+    [(_, first_state, _, first_end), (_, second_state, second_start, _)] = sorted(settled_sacct(array, 2))
     assert first_state == second_state == "COMPLETED"
     assert second_start >= first_end  # one at a time, although the node has room for two
 

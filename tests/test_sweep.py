@@ -194,6 +194,8 @@ def test_plan_json_keeps_the_cells_of_every_invocation_and_status_counts_them_on
     ("table1", "paper", "1800 cells (9 datasets x 1 model x 2 regularizers x 20 method variants x 5 seeds)"),
     ("table2", "paper", "810 cells (9 datasets x 1 model x 2 regularizers x 9 method variants x 5 seeds)"),
     ("demo", "demo", "48 cells (1 dataset x 1 model x 1 regularizer x 16 method variants x 3 seeds)"),
+    ("table3", "table3", "1800 cells (9 datasets x 1 model x 2 regularizers x 10 method variants x 5 seeds "
+                         "x 2 combinations of other settings)"),  # regularizer.never_hurt=false,true
 ])
 def test_presets_plan_the_paper_tables(experiment, sweep_dir, dimensions, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -76,6 +76,12 @@ def combinations(overrides: list[Override], parse: Callable[[list[str]], list[Ov
     return [list(combination) for combination in itertools.product(*axes.values())]
 
 
+def _is_named_dimension(line: str) -> bool:
+    """An override of the dimensions a plan names (dataset, model, regularizer, method and its grid, seed)."""
+    key = line.split("=", 1)[0].lstrip("+~")
+    return key in ("dataset", "model", "regularizer", "method", "seed") or key.startswith("method.")
+
+
 def _is_method_setting(override: Override) -> bool:
     return (override.key_or_group.startswith("method.")
             and not (override.is_add() or override.is_force_add() or override.is_delete()))
@@ -194,6 +200,9 @@ def describe_plan(sweep_dir: Path, cells: list[Cell], statuses: list[str], list_
                              count("regularizer", (c.regularizer for c in cells)),
                              count("method variant", ((c.method, *c.variant.items()) for c in cells)),
                              count("seed", (c.seed for c in cells))])
+    others = {tuple(sorted(line for line in c.overrides if not _is_named_dimension(line))) for c in cells}
+    if len(others) > 1:  # e.g. regularizer.never_hurt=false,true: the dimensions above would not multiply out
+        dimensions += f" x {len(others)} combinations of other settings"
     counts = Counter(statuses)
     lines = [f"Sweep {sweep_dir}: {len(cells)} cells ({dimensions})",
              f"  {counts[COMPLETE]} complete (skipped), {counts[FAILED]} failed (re-run), "

@@ -212,7 +212,24 @@ def test_a_method_option_outside_the_grid_makes_its_own_variant(tmp_path: Path):
         ["k=3,reset_momentum=False", 2, True], ["k=3,reset_momentum=True", 2, False]]
 
 
-def test_result_fingerprint_is_the_checkpoint_fingerprint_less_the_seed(compose_cfg):
+def test_seeds_run_in_different_places_pool_as_one_experiment(tmp_path: Path):
+    for seed, (test_acc, root, threads, device) in enumerate([(70.0, "/data/animals", 2, "auto"),
+                                                              (71.0, "/cluster/data/animals", 8, "cuda"),
+                                                              (72.0, "/data/animals", 1, "cpu")]):
+        run_dir = write_run(tmp_path, test_acc=test_acc, seed=seed)
+        result = json.loads((run_dir / "result.json").read_text())
+        result["config"]["dataset"]["root"] = root
+        result["config"]["trainer"] |= {"threads": threads, "device": device}
+        result["fingerprint"] = results.experiment_id(result["config"])
+        (run_dir / "result.json").write_text(json.dumps(result))
+
+    summary = write_report([tmp_path], expected_seeds=3)
+
+    assert pd.read_csv(tmp_path / "results.csv")[["method", "n", "mean"]].values.tolist() == [["original", 3, 71.0]]
+    assert table_cells(summary.markdown) == {("animals", "Original"): "**71.00±1.00**"}
+
+
+def test_result_fingerprint_is_the_checkpoint_fingerprint_less_the_seed_and_place(compose_cfg):
     def config_of(*overrides):
         cfg = compose_cfg(*overrides)
         config = {key: OmegaConf.to_container(cfg[key], resolve=True, enum_to_str=True)  # as train.run writes it
@@ -227,6 +244,9 @@ def test_result_fingerprint_is_the_checkpoint_fingerprint_less_the_seed(compose_
             (["seed=0", "trainer.epochs=2"], ["seed=3", "trainer.epochs=2", "trainer.eval_every=1"])]
     assert {results.experiment_id(other) for other in same} == {results.experiment_id(config)}
     assert results.experiment_id(config_of("seed=3", "trainer.epochs=4")[1]) != results.experiment_id(config)
+    elsewhere = config_of("seed=3", "trainer.epochs=2", "trainer.threads=1", "trainer.device=cpu")
+    assert results.experiment_id(elsewhere[1]) == results.experiment_id(config)
+    assert train._fingerprint(elsewhere[0]) != train._fingerprint(cfg)  # a checkpoint resumes only where it ran
 
 
 def test_runs_with_and_without_a_validation_split_are_separate_rows(val_sweep: Path):

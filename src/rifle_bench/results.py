@@ -27,6 +27,7 @@ COMPLETED_FILE = "COMPLETED"
 # Trainer keys that say how a run is watched, stored or parallelized, not what it trains.
 _NOT_TRAINING_KEYS = ("workers", "checkpoint", "keep_checkpoint", "eval_every", "grad_norms")  # measure, not shape
 _TRAINING_SECTIONS = ("dataset", "model", "regularizer", "method")
+_PLACE_KEYS = (("dataset", "root"), ("trainer", "device"), ("trainer", "threads"))
 METRICS_COLUMNS = ["epoch", "lr_backbone", "lr_head", "head_reinit", "train_loss", "train_acc", "test_acc",
                    "penalty", "epoch_s"]
 
@@ -40,12 +41,21 @@ def training_fingerprint(config: dict) -> dict:
     return {key: config[key] for key in _TRAINING_SECTIONS} | {"trainer": trainer, "seed": config["seed"]}
 
 
-def experiment_id(config: dict) -> str:
-    """A hash of the training fingerprint without the seed (result.json's "fingerprint"): the seeds of one
-    experiment share it."""
+def experiment_fingerprint(config: dict) -> dict:
+    """The training fingerprint less the seed and the place a run ran in (its data folder, device, CPU threads):
+    what the seeds of one experiment share, wherever each ran. A checkpoint needs the place too (it resumes
+    bit-identically only there); the report pools across places, and footnotes mixed numerics."""
     fingerprint = training_fingerprint(config)
     del fingerprint["seed"]
-    return hashlib.sha1(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    for section, key in _PLACE_KEYS:
+        fingerprint[section] = {k: v for k, v in fingerprint[section].items() if k != key}
+    return fingerprint
+
+
+def experiment_id(config: dict) -> str:
+    """A hash of the experiment fingerprint (result.json's "fingerprint"): the seeds of one experiment share it."""
+    settings = json.dumps(experiment_fingerprint(config), sort_keys=True, default=str)
+    return hashlib.sha1(settings.encode()).hexdigest()[:16]
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:

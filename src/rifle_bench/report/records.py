@@ -3,8 +3,8 @@
 A run is read through its directory only: ``result.json`` and the ``COMPLETED`` marker written
 after it (plus ``.hydra/`` to spot runs that have started).
 
-Runs are seeds of one experiment when their training fingerprints (``results.training_fingerprint``:
-everything that shapes the trajectory, the same that checkpoints match) are equal but for the seed.
+Runs are seeds of one experiment when their experiment fingerprints (``results.experiment_fingerprint``:
+everything that shapes the trajectory, as checkpoints match it, less the seed and where the run ran) are equal.
 A record keeps that fingerprint flat (``settings``, e.g. ``{"trainer.epochs": 2, ...}``) and as a hash.
 """
 
@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rifle_bench.results import experiment_id, training_fingerprint
+from rifle_bench.results import experiment_fingerprint, experiment_id
 
 COMPLETE, FAILED, INCOMPLETE = "complete", "failed", "incomplete"
 
@@ -46,7 +46,7 @@ class RunRecord:
     train_s: float | None = None
     eval_s: float | None = None
     versions: dict = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)  # the training fingerprint less the seed, flat
+    settings: dict = field(default_factory=dict)  # the experiment fingerprint, flat
     fingerprint: str | None = None  # its hash: equal for the seeds of one experiment
     numerics: str | None = None  # the arithmetic it trained in: "fp32", "bf16", "fp32+TF32", ...
 
@@ -100,14 +100,12 @@ def numerics(result: dict) -> str | None:
 
 
 def _training_settings(result: dict) -> tuple[dict, str]:
-    """The flat training fingerprint less the seed, and its hash. A result without a training config (written by
+    """The flat experiment fingerprint and its hash. A result without a training config (written by
     hand, by an early version, or by another app) is known by its fields: dataset, model, regularizer, method,
     variant and epochs."""
     config = result.get("config")
     if isinstance(config, dict) and _TRAINING_CONFIG_KEYS <= config.keys():
-        fingerprint = training_fingerprint(config)
-        del fingerprint["seed"]
-        return _flatten(fingerprint), experiment_id(config)
+        return _flatten(experiment_fingerprint(config)), experiment_id(config)
     settings = {"dataset.name": result.get("dataset"), "model.name": result.get("model"),
                 "regularizer.name": result.get("regularizer"), "method.name": result.get("method"),
                 **{f"method.{name}": value for name, value in (result.get("variant") or {}).items()},

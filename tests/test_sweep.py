@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -16,7 +17,7 @@ from hydra.types import HydraContext
 from conftest import TINY, run_cli
 from rifle_bench.cli import CONFIG_DIR, run_job
 from rifle_bench.status import sweep_status
-from rifle_bench.sweep import Cell, cell_name, read_plan, sweep_name, write_plan
+from rifle_bench.sweep import NEW, Cell, cell_name, describe_plan, read_plan, sweep_name, write_plan
 
 ONE_EPOCH = [override for override in TINY if not override.startswith("trainer.epochs=")] + ["trainer.epochs=1"]
 # Original, and dropout over its grid (p = 0.1, 0.2, 0.5): four cells.
@@ -194,8 +195,6 @@ def test_plan_json_keeps_the_cells_of_every_invocation_and_status_counts_them_on
     ("table1", "paper", "1800 cells (9 datasets x 1 model x 2 regularizers x 20 method variants x 5 seeds)"),
     ("table2", "paper", "810 cells (9 datasets x 1 model x 2 regularizers x 9 method variants x 5 seeds)"),
     ("demo", "demo", "48 cells (1 dataset x 1 model x 1 regularizer x 16 method variants x 3 seeds)"),
-    ("table3", "table3", "1800 cells (9 datasets x 1 model x 2 regularizers x 10 method variants x 5 seeds "
-                         "x 2 combinations of other settings)"),  # regularizer.never_hurt=false,true
 ])
 def test_presets_plan_the_paper_tables(experiment, sweep_dir, dimensions, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -204,6 +203,19 @@ def test_presets_plan_the_paper_tables(experiment, sweep_dir, dimensions, tmp_pa
     assert f"Sweep outputs/sweeps/{sweep_dir}: {dimensions}" in output
     model = "mobilenet_v2" if experiment == "demo" else "resnet50"
     assert all(f"/{model}/" in cell for cell in listed_cells(output))
+
+
+def test_a_swept_setting_outside_the_named_dimensions_is_counted_in_the_plan():
+    cells = [Cell(overrides=[f"method={method}", f"regularizer.never_hurt={never_hurt}", f"seed={seed}"],
+                  name=f"{method}-{never_hurt}-{seed}", dataset="animals", model="mobilenet_v2",
+                  regularizer="l2", method=method, variant={}, seed=seed)
+             for method in ("original", "rifle") for never_hurt in (False, True) for seed in (0, 1, 2)]
+    plan = describe_plan(Path("s"), cells, [NEW] * len(cells), list_cells=False)
+    assert plan.splitlines()[0] == ("Sweep s: 12 cells (1 dataset x 1 model x 1 regularizer x 2 method variants x "
+                                    "3 seeds x 2 combinations of other settings)")
+    plain = describe_plan(Path("s"), cells[:3], [NEW] * 3, list_cells=False)
+    assert plain.splitlines()[0] == \
+        "Sweep s: 3 cells (1 dataset x 1 model x 1 regularizer x 1 method variant x 3 seeds)"
 
 
 def test_a_sweep_without_a_preset_is_named_after_its_overrides_and_its_jobs_told_so():

@@ -86,8 +86,8 @@ def settled_sacct(job_id: str, rows: int, *options: str) -> list[list[str]]:
     to slurmdbd asynchronously, so accounting may lag the job's end by seconds."""
     def settled():
         records = sacct(job_id, *options)
-        return len(records) >= rows and not any(state in ("PENDING", "RUNNING") for _, state, _, _ in records) \
-            and records
+        done = len(records) >= rows and all(state not in ("PENDING", "RUNNING") for _, state, _, _ in records)
+        return records if done else None
     return wait_for(settled, f"the accounting records of job {job_id}", timeout=60)
 
 

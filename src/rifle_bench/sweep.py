@@ -76,9 +76,14 @@ def combinations(overrides: list[Override], parse: Callable[[list[str]], list[Ov
     return [list(combination) for combination in itertools.product(*axes.values())]
 
 
+def _override_key(line: str) -> str:
+    """`+method.k=3` -> `method.k`: the key an override line sets."""
+    return line.split("=", 1)[0].lstrip("+~")
+
+
 def _is_named_dimension(line: str) -> bool:
     """An override of the dimensions a plan names (dataset, model, regularizer, method and its grid, seed)."""
-    key = line.split("=", 1)[0].lstrip("+~")
+    key = _override_key(line)
     return key in ("dataset", "model", "regularizer", "method", "seed") or key.startswith("method.")
 
 
@@ -111,7 +116,7 @@ def sweep_name(task_overrides: list[str], exclude_keys: list[str]) -> str:
             return line
 
     excluded = [key for key in exclude_keys if key != "experiment"]
-    lines = [as_typed(line) for key, line in sorted((line.split("=", 1)[0].lstrip("+~"), line)
+    lines = [as_typed(line) for key, line in sorted((_override_key(line), line)
                                                     for line in task_overrides) if key not in excluded]
     return _fit(re.sub(r"[^\w.+-]", "_", "_".join(lines).replace("=", "-").replace(",", "+")) or "defaults")
 
